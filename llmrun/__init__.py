@@ -1,0 +1,5 @@
+"""llmrun: run quantized language models locally."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,166 @@
+"""Generation options: one table of names, types, ranges and defaults.
+
+The CLI flags, models.toml `[params]` and the engine all use these names, so a
+per-model default, a flag and a library keyword are the same thing.
+Precedence: flag > models.toml entry > built-in default (llama.cpp's defaults).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from llmrun.errors import BadOption
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+
+def _positive_or_unlimited(v: int) -> str | None:
+    return None if v > 0 or v == -1 else "must be a positive number of tokens, or -1 for no limit"
+
+
+def _seed(v: int) -> str | None:
+    return None if -1 <= v <= 0xFFFFFFFF else "must be -1 (random) or between 0 and 4294967295"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are chosen and when generation stops. Defaults follow llama.cpp."""
+
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int = -1
+    seed: int = -1
+    stop: tuple[str, ...] = field(default=())
+
+    def merged(self, overrides: Mapping[str, Any]) -> Sampling:
+        """A copy with the given (already validated) values replaced; None means unset."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+# name -> (python type, check). The check returns None when fine, else why not.
+SAMPLING_CHECKS: dict[str, tuple[type, Callable[[Any], str | None] | None]] = {
+    "temp": (float, _at_least(0.0)),
+    "top_k": (int, _at_least(0)),
+    "top_p": (float, _between(0.0, 1.0)),
+    "min_p": (float, _between(0.0, 1.0)),
+    "repeat_penalty": (float, _at_least(0.0)),
+    "max_tokens": (int, _positive_or_unlimited),
+    "seed": (int, _seed),
+    "stop": (list, None),
+}
+
+# Keys a models.toml `[models.X.params]` table may hold: the sampling options plus
+# a default system prompt.
+PARAM_TYPES: dict[str, type] = {name: typ for name, (typ, _) in SAMPLING_CHECKS.items()}
+PARAM_TYPES["system"] = str
+
+# Flag spelling for messages, so an error names what the user typed.
+FLAG_NAMES = {
+    "temp": "--temp",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty",
+    "max_tokens": "-n/--max-tokens",
+    "seed": "-s/--seed",
+    "stop": "--stop",
+    "system": "--system",
+    "ctx_size": "-c/--ctx-size",
+    "threads": "-t/--threads",
+    "n_gpu_layers": "-ngl/--n-gpu-layers",
+}
+
+
+def check_param(name: str, value: Any, where: str | None = None) -> Any:
+    """Validate one generation parameter; return it normalised (ints as floats where due).
+
+    `where` names the source (a models.toml path and key) for the message; by
+    default the message names the flag.
+    """
+    label = where or FLAG_NAMES.get(name, name)
+    if name not in PARAM_TYPES:
+        raise BadOption(f"unknown parameter {label!r}", f"known: {', '.join(sorted(PARAM_TYPES))}")
+    typ = PARAM_TYPES[name]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+            raise BadOption(f"{label} must be a list of non-empty strings")
+        return tuple(value)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise BadOption(f"{label} must be {typ.__name__}, got {value!r}")
+    check = SAMPLING_CHECKS.get(name, (typ, None))[1]
+    problem = check(value) if check else None
+    if problem:
+        raise BadOption(f"{label} {problem}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- loading options
+
+FLASH_ATTN_VALUES = ("auto", "on", "off")
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+GPU_LAYERS_WORDS = ("auto", "all")
+DEFAULT_CTX = 4096
+
+
+def default_threads() -> int:
+    """Physical-core-ish default like llama.cpp: all cores up to 8 on small machines."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass(frozen=True)
+class Load:
+    """How a model is loaded: context, threads, offload, KV cache types."""
+
+    n_gpu_layers: int | str = "auto"  # N, "auto" or "all"
+    ctx_size: int = 0  # 0: the model's entry, else DEFAULT_CTX, capped at the trained context
+    threads: int = 0  # 0: default_threads()
+    flash_attn: str = "auto"  # on, off or auto, as llama.cpp's -fa
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    verbose: bool = False
+
+
+def parse_gpu_layers(text: str) -> int | str:
+    """`-ngl` accepts a count, `auto` or `all`."""
+    word = text.strip().lower()
+    if word in GPU_LAYERS_WORDS:
+        return word
+    try:
+        n = int(word)
+    except ValueError:
+        raise BadOption(
+            f"-ngl/--n-gpu-layers must be a number of layers, 'auto' or 'all', got {text!r}"
+        ) from None
+    if n < 0:
+        raise BadOption(f"-ngl/--n-gpu-layers must be >= 0, got {n}")
+    return n
+
+
+def check_load(load: Load) -> Load:
+    if load.ctx_size < 0:
+        raise BadOption(f"-c/--ctx-size must be > 0, got {load.ctx_size}")
+    if load.threads < 0:
+        raise BadOption(f"-t/--threads must be > 0, got {load.threads}")
+    if load.flash_attn not in FLASH_ATTN_VALUES:
+        raise BadOption(f"-fa/--flash-attn must be on, off or auto, got {load.flash_attn!r}")
+    for flag, value in (("-ctk/--cache-type-k", load.cache_type_k), ("-ctv/--cache-type-v", load.cache_type_v)):
+        if value not in CACHE_TYPES:
+            raise BadOption(f"{flag} must be one of {', '.join(CACHE_TYPES)}, got {value!r}")
+    return load
