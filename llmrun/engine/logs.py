@@ -1,0 +1,48 @@
+"""llama.cpp's log lines: captured, not printed, unless the user asked (-v).
+
+llama.cpp writes its chatter (model metadata, buffer sizes, warnings) through
+one process-wide callback. We keep the recent lines so an error message can
+quote the reason llama.cpp gave, and echo them to stderr only when verbose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections import deque
+
+import llama_cpp
+
+_LEVEL_ERROR = 3
+_LEVEL_CONT = 5
+
+_recent: deque[tuple[int, str]] = deque(maxlen=400)
+_state = {"verbose": False, "installed": False, "last_level": 0}
+
+
+@llama_cpp.llama_log_callback
+def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    if level == _LEVEL_CONT:
+        level = _state["last_level"]
+    _state["last_level"] = level
+    line = text.decode("utf-8", errors="replace")
+    _recent.append((level, line))
+    if _state["verbose"]:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def install(verbose: bool = False) -> None:
+    """Route llama.cpp's logs through us; idempotent, and may switch verbosity."""
+    _state["verbose"] = verbose
+    if not _state["installed"]:
+        llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+        _state["installed"] = True
+
+
+def last_error(default: str = "") -> str:
+    """The most recent error line llama.cpp logged, for a one-line message."""
+    for level, line in reversed(_recent):
+        if level == _LEVEL_ERROR and line.strip():
+            return line.strip()
+    return default

@@ -1,0 +1,360 @@
+"""A loaded model and its context: tokenize, evaluate, generate.
+
+We talk to llama.h through llama-cpp-python's ctypes bindings directly rather
+than through its `Llama` class: the loop below is the whole per-token cost
+(sample in llama.cpp's sampler chain, one piece lookup, one decode), which
+keeps decoding within a few percent of llama.cpp's own tools.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from llmrun.engine import logs
+from llmrun.engine.sampling import build_sampler
+from llmrun.engine.text import StopFilter, Utf8Stream
+from llmrun.errors import ContextOverflow, EngineError
+from llmrun.options import DEFAULT_CTX, Load, Sampling, default_threads
+
+CACHE_TYPE_IDS = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "bf16": 30,  # GGML_TYPE_BF16; not exported by the bindings
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+    "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+    "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL,
+    "q5_0": llama_cpp.GGML_TYPE_Q5_0,
+    "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+}
+FLASH_ATTN_IDS = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+N_BATCH = 2048  # tokens per llama_decode call while evaluating a prompt (llama.cpp's default)
+N_UBATCH = 512
+
+_backend = {"ready": False}
+
+
+@dataclass
+class Stats:
+    """Timings of the last generate call, for -v and benchmarks."""
+
+    load_seconds: float = 0.0
+    prompt_tokens: int = 0  # tokens evaluated for the prompt (after KV reuse)
+    reused_tokens: int = 0  # prompt tokens found already in the KV cache
+    prompt_seconds: float = 0.0
+    gen_tokens: int = 0
+    gen_seconds: float = 0.0
+    first_token_seconds: float = 0.0  # from the start of generate to the first piece
+    stop_reason: str = ""  # "eos", "length", "stop", "context"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        return self.gen_tokens / self.gen_seconds if self.gen_seconds else 0.0
+
+
+def extra_buffers_safe() -> bool:
+    """Whether llama.cpp may use its extra CPU buffer types (AMX, weight repacking).
+
+    In llama.cpp as vendored by llama-cpp-python 0.3.36, a build compiled with
+    AMX (any -march=native build on an AMX CPU, such as our CI machines) crashes
+    in the AMX matrix kernel on the first decode. Turning the extra buffer types
+    off avoids that kernel; the cost is the repacked-weight speed-up.
+    """
+    return b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info()
+
+
+def resolve_gpu_layers(n_gpu_layers: int | str, n_layers: int) -> int:
+    """-ngl N|auto|all to a layer count llama.cpp takes.
+
+    Without GPU support in this build every answer is 0. With it, `auto` offloads
+    everything for now (a memory-aware planner is tracked separately).
+    """
+    if not llama_cpp.llama_supports_gpu_offload():
+        return 0
+    if n_gpu_layers in ("auto", "all"):
+        return n_layers + 1  # the +1 covers the output layer
+    return int(n_gpu_layers)
+
+
+class Model:
+    """One llama.cpp model with one context (sequence 0)."""
+
+    def __init__(self, path: Path, load: Load) -> None:
+        self.path = path
+        self.load_options = load
+        self.stats = Stats()
+        self._model = None
+        self._ctx = None
+        self._batch = None
+        self._cached: list[int] = []  # tokens whose K/V are in the context, in order
+        started = time.perf_counter()
+        logs.install(load.verbose)
+        if not _backend["ready"]:
+            llama_cpp.llama_backend_init()
+            _backend["ready"] = True
+
+        mparams = llama_cpp.llama_model_default_params()
+        # The layer count is only known after loading; llama.cpp caps larger values.
+        mparams.n_gpu_layers = resolve_gpu_layers(load.n_gpu_layers, 10_000)
+        mparams.use_extra_bufts = extra_buffers_safe()
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise EngineError(
+                f"llama.cpp could not load {path}: {logs.last_error('unknown reason')}",
+                "rerun with -v to see llama.cpp's log",
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_layers = llama_cpp.llama_model_n_layer(self._model)
+
+        n_ctx = load.ctx_size or min(DEFAULT_CTX, self.n_ctx_train or DEFAULT_CTX)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(N_BATCH, n_ctx)
+        cparams.n_ubatch = min(N_UBATCH, n_ctx)
+        cparams.n_seq_max = 1
+        threads = load.threads or default_threads()
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.flash_attn_type = FLASH_ATTN_IDS[load.flash_attn]
+        cparams.type_k = CACHE_TYPE_IDS[load.cache_type_k]
+        cparams.type_v = CACHE_TYPE_IDS[load.cache_type_v]
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_ctx} tokens: "
+                f"{logs.last_error('unknown reason')}",
+                "try a smaller -c/--ctx-size or other cache types",
+            )
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = cparams.n_batch
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.stats.load_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ vocabulary
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = False
+    ) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:  # the buffer was too small; -n is the size needed
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        tokens = list(buf[:n])
+        bos = self.bos
+        # A chat template that writes the BOS text itself, tokenized with add_special, gives two.
+        if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:
+            tokens = tokens[1:]
+        return tokens
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character)."""
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    @property
+    def bos(self) -> int:
+        return llama_cpp.llama_vocab_bos(self._vocab)
+
+    @property
+    def eos(self) -> int:
+        return llama_cpp.llama_vocab_eos(self._vocab)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text (llama.cpp's view of it)."""
+        size = 4096 if "chat_template" not in key else 1 << 20
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+        return None if n < 0 else buf.value.decode("utf-8", errors="replace")
+
+    # ------------------------------------------------------------ evaluation
+
+    def reset(self) -> None:
+        """Forget the KV cache."""
+        llama_cpp.llama_memory_clear(self._memory, True)
+        self._cached = []
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        return list(self._cached)
+
+    def _decode(self, tokens: list[int], start_pos: int) -> None:
+        """Evaluate tokens at positions start_pos.., logits for the last one only."""
+        batch = self._batch
+        for offset in range(0, len(tokens), self.n_batch):
+            chunk = tokens[offset : offset + self.n_batch]
+            n = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start_pos + offset + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 0
+            batch.logits[n - 1] = 1
+            batch.n_tokens = n
+            rc = llama_cpp.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise EngineError(
+                    f"llama_decode failed with code {rc}: {logs.last_error('no reason given')}"
+                )
+            self._cached.extend(chunk)
+
+    def _prefill(self, tokens: list[int]) -> int:
+        """Make the context hold exactly `tokens`, evaluating only what is not cached yet.
+
+        Returns how many tokens were reused. At least the last token is always
+        evaluated, since sampling needs its logits.
+        """
+        common = 0
+        limit = min(len(self._cached), len(tokens) - 1)
+        while common < limit and self._cached[common] == tokens[common]:
+            common += 1
+        if common < len(self._cached):
+            llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1)
+            del self._cached[common:]
+        self._decode(tokens[common:], common)
+        return common
+
+    def check_fits(self, n_prompt: int) -> None:
+        if n_prompt >= self.n_ctx:
+            raise ContextOverflow(
+                f"the prompt is {n_prompt} tokens but the context holds {self.n_ctx}",
+                "raise -c/--ctx-size or shorten the prompt",
+            )
+
+    def generate(
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        *,
+        grammar: str | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[str]:
+        """Evaluate the prompt tokens, then yield text as it is generated.
+
+        Stops at an end-of-generation token, after `sampling.max_tokens` tokens
+        (counted exactly, whatever they decode to), at a stop string (not
+        yielded), or when the context is full. `self.stats` has the timings.
+        """
+        if not tokens:
+            tokens = [self.bos]
+        self.check_fits(len(tokens))
+        stats = self.stats = Stats(load_seconds=self.stats.load_seconds)
+        started = time.perf_counter()
+        sampler = build_sampler(self, sampling, grammar)
+        try:
+            stats.reused_tokens = self._prefill(tokens)
+            stats.prompt_tokens = len(tokens) - stats.reused_tokens
+            stats.prompt_seconds = time.perf_counter() - started
+            yield from self._decode_loop(sampler, sampling, ignore_eos, started)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def _decode_loop(
+        self,
+        sampler: llama_cpp.llama_sampler_p,
+        sampling: Sampling,
+        ignore_eos: bool,
+        started: float,
+    ) -> Iterator[str]:
+        stats = self.stats
+        text = Utf8Stream()
+        stops = StopFilter(sampling.stop)
+        limit = sampling.max_tokens if sampling.max_tokens > 0 else None
+        one = (llama_cpp.llama_token * 1)()
+        gen_start = time.perf_counter()
+        reason = "length"
+        try:
+            while limit is None or stats.gen_tokens < limit:
+                token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+                if not ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    reason = "eos"
+                    break
+                stats.gen_tokens += 1
+                out, stopped = stops.feed(text.feed(self.piece(token)))
+                if out:
+                    if not stats.first_token_seconds:
+                        stats.first_token_seconds = time.perf_counter() - started
+                    yield out
+                if stopped:
+                    reason = "stop"
+                    break
+                if limit is not None and stats.gen_tokens >= limit:
+                    break  # no need to evaluate a token nobody will follow
+                if len(self._cached) >= self.n_ctx:
+                    reason = "context"
+                    break
+                one[0] = token
+                rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
+                if rc != 0:
+                    raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
+                self._cached.append(token)
+            if reason != "stop":
+                tail = stops.flush(text.flush())
+                if tail:
+                    yield tail
+        finally:
+            stats.stop_reason = reason
+            stats.gen_seconds = time.perf_counter() - gen_start
+
+
+def load_model(path: Path, load: Load) -> Model:
+    return Model(path, load)
