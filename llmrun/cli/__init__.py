@@ -1,0 +1,65 @@
+"""The `llmrun` command: a thin Typer layer over the library.
+
+Each command lives in its own module and registers itself on `app`. This module
+owns the one mapping from exceptions to messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from llmrun.cli.common import app, print_error
+from llmrun.errors import LlmrunError
+
+# Importing a command module registers its commands on `app`.
+from llmrun.cli import info, models, run  # noqa: F401  isort: skip
+
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turn failures into one line."""
+    debug = os.environ.get("LLMRUN_DEBUG") == "1"
+    try:
+        code = app(args=argv, prog_name="llmrun", standalone_mode=False)
+    except LlmrunError as e:
+        if debug:
+            raise
+        print_error(str(e))
+        code = e.exit_code
+    except click.exceptions.Abort:
+        code = EXIT_INTERRUPTED
+    except click.ClickException as e:
+        if debug:
+            raise
+        e.show()
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`llmrun run ... | head -1`): not our failure.
+        _silence_stdout()
+        code = 0
+    except Exception as e:
+        if debug:
+            raise
+        print_error(
+            f"unexpected {type(e).__name__}: {e}", "rerun with LLMRUN_DEBUG=1 for a traceback"
+        )
+        code = 1
+    if code == EXIT_INTERRUPTED:
+        sys.stderr.write("\n")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _silence_stdout() -> None:
+    # Python would complain again while flushing at exit; point stdout at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+__all__ = ["app", "main", "typer"]

@@ -1,0 +1,160 @@
+"""`llmrun run [MODEL] [PROMPT...]`: one-shot generation, good in a pipeline."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import typer
+
+from llmrun import generation
+from llmrun.cli.common import (
+    LOAD_FLAGS,
+    SAMPLING_FLAGS,
+    CacheTypeKOpt,
+    CacheTypeVOpt,
+    CtxOpt,
+    FlashAttnOpt,
+    FormatOpt,
+    JsonSchemaOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    NglOpt,
+    RawOpt,
+    RepeatPenaltyOpt,
+    SeedOpt,
+    StopOpt,
+    SystemOpt,
+    TempOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    VerboseOpt,
+    app,
+    err,
+    pick,
+)
+from llmrun.engine import Stats
+from llmrun.errors import BadInput, BadModelFile, ModelNotFound
+from llmrun.resolve import resolve_model
+
+# What a model name can look like: a path, name[:QUANT], org/repo[:QUANT].
+MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
+STDIN_MARK = "-"
+
+
+def split_model_and_prompt(args: list[str]) -> tuple[str | None, list[str]]:
+    """The first argument is MODEL when it names one, else everything is the prompt.
+
+    With several arguments, a first one shaped like a model name is taken as the
+    model even if it does not resolve, so that a typo gets "unknown model"
+    rather than being sent to the default model as text.
+    """
+    if not args:
+        return None, []
+    first = args[0]
+    if not MODEL_SHAPE.match(first) or first == STDIN_MARK:
+        return None, args
+    if len(args) > 1:
+        return first, args[1:]
+    try:
+        resolve_model(first)
+    except (ModelNotFound, BadModelFile):
+        # One word that is not a model: a prompt for the default model. A path
+        # that does not exist is reported as such.
+        if first.endswith(".gguf") or Path(first).exists():
+            raise
+        return None, args
+    return first, []
+
+
+def read_prompt(words: list[str]) -> str:
+    """Join piped stdin (first) and the prompt words; `-` means stdin only."""
+    piped = not sys.stdin.isatty()
+    use_stdin = piped or words == [STDIN_MARK]
+    stdin_text = sys.stdin.read() if use_stdin else ""
+    text = " ".join(w for w in words if w != STDIN_MARK)
+    if stdin_text.strip() and text:
+        return f"{stdin_text.rstrip()}\n\n{text}"
+    prompt = text or stdin_text.strip()
+    if not prompt:
+        raise BadInput(
+            "no prompt given", 'pass one (llmrun run "Why is the sky blue?") or pipe text on stdin'
+        )
+    return prompt
+
+
+def print_stats(stats: Stats) -> None:
+    err.print(
+        f"load {stats.load_seconds:.2f} s | "
+        f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s | "
+        f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s",
+        style="dim",
+    )
+
+
+@app.command("run")
+def run_command(
+    args: list[str] | None = typer.Argument(
+        None,
+        metavar="[MODEL] [PROMPT]...",
+        help="Model (optional) and prompt; `-` reads the prompt from stdin.",
+        show_default=False,
+    ),
+    system: SystemOpt = None,
+    raw: RawOpt = False,
+    format: FormatOpt = None,
+    json_schema: JsonSchemaOpt = None,
+    n_gpu_layers: NglOpt = "auto",
+    ctx_size: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    temp: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    flash_attn: FlashAttnOpt = "auto",
+    cache_type_k: CacheTypeKOpt = "f16",
+    cache_type_v: CacheTypeVOpt = "f16",
+    verbose: VerboseOpt = False,
+) -> None:
+    """One-shot generation; piped stdin is prepended to the prompt; the answer goes to stdout.
+
+    Examples: llmrun run "Why is the sky blue?"
+    cat notes.txt | llmrun run smollm2-135m "Summarize:"
+    """
+    flags = locals()
+    model, words = split_model_and_prompt(args or [])
+    prompt = read_prompt(words)
+    answer = generation.run(
+        model,
+        prompt,
+        system=system,
+        raw=raw,
+        format=format,
+        json_schema=json_schema,
+        **pick(flags, SAMPLING_FLAGS),
+        **pick(flags, LOAD_FLAGS),
+    )
+    out = sys.stdout
+    last = ""
+    for piece in answer:
+        out.write(piece)
+        out.flush()
+        last = piece or last
+    if not last.endswith("\n"):
+        out.write("\n")
+    out.flush()
+    stats = answer.stats
+    if stats.stop_reason == "context":
+        err.print(
+            f"note: stopped because the context ({answer.model.n_ctx} tokens) is full; "
+            "raise -c/--ctx-size",
+            style="yellow",
+        )
+    if verbose:
+        print_stats(stats)

@@ -1,0 +1,163 @@
+"""One-shot generation: resolve a model, load it, build the prompt, stream the answer.
+
+`run()` takes the same keyword names as `llmrun run`'s flags. Everything the
+user gave is checked before the model is loaded, so a bad value costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from llmrun.engine import Model, Stats, load_model
+from llmrun.engine.chat import ChatTemplate, Message
+from llmrun.errors import BadInput, BadOption
+from llmrun.ggufinfo import read_info
+from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers
+from llmrun.resolve import ResolvedModel, resolve_model
+
+FORMATS = ("json",)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a command needs to generate: model, load and sampling settings, system prompt."""
+
+    resolved: ResolvedModel
+    load: Load
+    sampling: Sampling
+    system: str | None
+
+
+def prepare(
+    model: str | None = None,
+    *,
+    system: str | None = None,
+    n_gpu_layers: str | int = "auto",
+    ctx_size: int | None = None,
+    threads: int | None = None,
+    flash_attn: str = "auto",
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+    verbose: bool = False,
+    **sampling_flags: Any,
+) -> Prepared:
+    """Check every option and resolve the model; flags win over the model's models.toml params."""
+    given = {k: check_param(k, v) for k, v in sampling_flags.items() if v is not None}
+    if system is not None:
+        given["system"] = check_param("system", system)
+    ngl = parse_gpu_layers(str(n_gpu_layers))
+    if ctx_size is not None and ctx_size <= 0:
+        raise BadOption(f"-c/--ctx-size must be > 0, got {ctx_size}")
+    if threads is not None and threads <= 0:
+        raise BadOption(f"-t/--threads must be > 0, got {threads}")
+
+    resolved = resolve_model(model)
+    read_info(resolved.path)  # a damaged file is an error here, not a crash inside llama.cpp
+    entry_params = dict(resolved.entry.params) if resolved.entry else {}
+    params = {**entry_params, **given}
+    load = check_load(
+        Load(
+            n_gpu_layers=ngl,
+            ctx_size=ctx_size
+            or (resolved.entry.context if resolved.entry and resolved.entry.context else 0),
+            threads=threads or 0,
+            flash_attn=flash_attn,
+            cache_type_k=cache_type_k,
+            cache_type_v=cache_type_v,
+            verbose=verbose,
+        )
+    )
+    return Prepared(resolved, load, Sampling().merged(params), params.get("system"))
+
+
+def grammar_for(format: str | None, json_schema: Path | None) -> str | None:
+    """A GBNF grammar for --format json or --json-schema FILE, checked up front."""
+    if format is not None and format not in FORMATS:
+        raise BadOption(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if json_schema is None:
+        return JSON_GBNF if format == "json" else None
+    try:
+        text = json_schema.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"cannot read --json-schema file {json_schema}: {e.strerror}") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"--json-schema file {json_schema} is not valid JSON: {e}") from None
+    _check_schema(json_schema, schema)
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # the converter raises plain exceptions on what it cannot express
+        raise BadInput(
+            f"--json-schema {json_schema} cannot be turned into a grammar: {e}"
+        ) from None
+
+
+def _check_schema(path: Path, schema: Any) -> None:
+    import jsonschema  # only needed here; keeps start-up lean
+
+    if not isinstance(schema, dict):
+        raise BadInput(
+            f"--json-schema file {path} must hold a JSON object, got {type(schema).__name__}"
+        )
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "top level"
+        raise BadInput(
+            f"--json-schema file {path} is not a valid JSON Schema ({where}): {e.message}"
+        ) from None
+
+
+def prompt_tokens(model: Model, prompt: str, *, system: str | None, raw: bool) -> list[int]:
+    """The tokens to evaluate: the prompt as is with --raw, else through the chat template."""
+    if raw:
+        text = f"{system}\n\n{prompt}" if system else prompt
+        return model.tokenize(text, add_special=True, parse_special=False)
+    messages: list[Message] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    text = ChatTemplate(model).render(messages)
+    # The template writes special tokens as text; parse them as the tokens they are.
+    return model.tokenize(text, add_special=True, parse_special=True)
+
+
+class Generation:
+    """The pieces of an answer as they come; `stats` holds the timings once done."""
+
+    def __init__(self, model: Model, pieces: Iterator[str]) -> None:
+        self.model = model
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    @property
+    def stats(self) -> Stats:
+        return self.model.stats
+
+
+def run(
+    model: str | None = None,
+    prompt: str = "",
+    *,
+    system: str | None = None,
+    raw: bool = False,
+    format: str | None = None,
+    json_schema: Path | None = None,
+    **options: Any,
+) -> Generation:
+    """Generate an answer to `prompt`; see `prepare` for the options."""
+    grammar = grammar_for(format, json_schema)
+    prepared = prepare(model, system=system, **options)
+    engine = load_model(prepared.resolved.path, prepared.load)
+    tokens = prompt_tokens(engine, prompt, system=prepared.system, raw=raw)
+    engine.check_fits(len(tokens))
+    return Generation(engine, engine.generate(tokens, prepared.sampling, grammar=grammar))

