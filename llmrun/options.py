@@ -160,7 +160,10 @@ def check_load(load: Load) -> Load:
         raise BadOption(f"-t/--threads must be > 0, got {load.threads}")
     if load.flash_attn not in FLASH_ATTN_VALUES:
         raise BadOption(f"-fa/--flash-attn must be on, off or auto, got {load.flash_attn!r}")
-    for flag, value in (("-ctk/--cache-type-k", load.cache_type_k), ("-ctv/--cache-type-v", load.cache_type_v)):
+    for flag, value in (
+        ("-ctk/--cache-type-k", load.cache_type_k),
+        ("-ctv/--cache-type-v", load.cache_type_v),
+    ):
         if value not in CACHE_TYPES:
             raise BadOption(f"{flag} must be one of {', '.join(CACHE_TYPES)}, got {value!r}")
     return load

@@ -273,3 +273,15 @@ def test_interrupt_exits_130_without_traceback(smollm2: Path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in stderr
+
+
+def test_gpu_layers_on_a_cpu_only_build(llmrun, smollm2: Path) -> None:
+    import llama_cpp
+
+    r = llmrun("run", str(smollm2), "Hi", "-ngl", "5", "-n", "2", *GREEDY)
+    assert r.code == 0, r.stderr
+    noted = "no GPU support" in r.stderr
+    assert noted == (not llama_cpp.llama_supports_gpu_offload())
+    if noted:
+        assert "GGML_CUDA=on" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

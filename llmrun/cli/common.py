@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmrun.options import parse_gpu_layers
+
 app = typer.Typer(
     name="llmrun",
     help="Run quantized language models locally: pull, quantize, chat, run.",
@@ -140,6 +142,25 @@ RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat t
 VerboseOpt = Annotated[
     bool, typer.Option("-v", "--verbose", help="Timings and llama.cpp's logs on stderr.")
 ]
+
+GPU_INSTALL_HINT = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+)
+
+
+def note_cpu_only(n_gpu_layers: str) -> None:
+    """-ngl asked for GPU layers on a build that has no GPU backend: say so once."""
+    import llama_cpp
+
+    if parse_gpu_layers(n_gpu_layers) in ("auto", 0) or llama_cpp.llama_supports_gpu_offload():
+        return
+    err.print(
+        f"note: this llama-cpp-python build has no GPU support, so -ngl {n_gpu_layers} is ignored; "
+        f"for CUDA: {GPU_INSTALL_HINT}",
+        style="yellow",
+        markup=False,
+    )
+
 
 SAMPLING_FLAGS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "max_tokens", "seed", "stop")
 LOAD_FLAGS = (

@@ -33,6 +33,7 @@ from llmrun.cli.common import (
     VerboseOpt,
     app,
     err,
+    note_cpu_only,
     pick,
 )
 from llmrun.engine import Stats
@@ -130,6 +131,7 @@ def run_command(
     flags = locals()
     model, words = split_model_and_prompt(args or [])
     prompt = read_prompt(words)
+    note_cpu_only(n_gpu_layers)
     answer = generation.run(
         model,
         prompt,
