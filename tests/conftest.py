@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,23 @@ def llmrun():
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+def add_stored(src: Path, name: str, quant: str, hash: bool = False, **manifest: str) -> Path:
+    """Put a real GGUF into the store as `name:quant`, linked when the disk allows."""
+    from llmrun import store
+
+    dest = store.model_path(name, quant)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    # Hashing 98 MB takes a while; one test checks the real hash.
+    store.write_manifest(
+        dest, name=name, quant=quant, sha256=None if hash else "0" * 64, **manifest
+    )
+    return dest
 
 
 def tree(path: Path) -> list[str]:
