@@ -307,6 +307,19 @@ class Model:
             yield from self._decode_loop(sampler, sampling, ignore_eos, started)
         finally:
             llama_cpp.llama_sampler_free(sampler)
+            self._sync_cache()
+
+    def _sync_cache(self) -> None:
+        """Make our token list agree with the KV cache after an interrupted decode.
+
+        Ctrl-C lands between C calls: a decode may have finished without its
+        token being recorded, or a failed decode may have left cells behind.
+        """
+        held = llama_cpp.llama_memory_seq_pos_max(self._memory, 0) + 1
+        if held < len(self._cached):
+            del self._cached[held:]
+        elif held > len(self._cached):
+            llama_cpp.llama_memory_seq_rm(self._memory, 0, len(self._cached), -1)
 
     def _decode_loop(
         self,
