@@ -63,6 +63,7 @@ class GgufInfo:
     tensor_count: int
     vocab_size: int | None
     metadata: dict[str, Any] = field(default_factory=dict)  # scalars, strings, short arrays
+    tensor_bytes: dict[str, int] = field(default_factory=dict)  # name -> bytes, for offload plans
 
 
 class _Cut(Exception):
@@ -222,6 +223,7 @@ def _info(reader: gguf.GGUFReader, path: Path, size: int) -> GgufInfo:
         tensor_count=len(tensors),
         vocab_size=_array_len(reader, "tokenizer.ggml.tokens"),
         metadata=meta,
+        tensor_bytes={t.name: int(t.n_bytes) for t in tensors},
     )
 
 

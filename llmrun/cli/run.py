@@ -159,4 +159,5 @@ def run_command(
             style="yellow",
         )
     if verbose:
+        err.print(answer.model.plan.describe(), style="dim", markup=False)
         print_stats(stats)

@@ -16,7 +16,8 @@ import llama_cpp
 _LEVEL_ERROR = 3
 _LEVEL_CONT = 5
 
-_recent: deque[tuple[int, str]] = deque(maxlen=400)
+# A graph build alone logs hundreds of lines; keep enough to span one load.
+_recent: deque[tuple[int, str]] = deque(maxlen=5000)
 _state = {"verbose": False, "installed": False, "last_level": 0}
 
 

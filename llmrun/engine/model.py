@@ -16,10 +16,20 @@ from pathlib import Path
 
 import llama_cpp
 
-from llmrun.engine import logs
+from llmrun.engine import logs, system
+from llmrun.engine.offload import (
+    CONTEXT_STEP,
+    Device,
+    ModelShape,
+    Plan,
+    check_host_context,
+    host_available,
+    plan_offload,
+)
 from llmrun.engine.sampling import build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
+from llmrun.ggufinfo import read_info
 from llmrun.options import DEFAULT_CTX, Load, Sampling, default_threads
 
 CACHE_TYPE_IDS = {
@@ -38,6 +48,7 @@ FLASH_ATTN_IDS = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
+GPU_DEVICE_TYPES = ("gpu", "igpu")
 N_BATCH = 2048  # tokens per llama_decode call while evaluating a prompt (llama.cpp's default)
 N_UBATCH = 512
 
@@ -77,17 +88,33 @@ def extra_buffers_safe() -> bool:
     return b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info()
 
 
-def resolve_gpu_layers(n_gpu_layers: int | str, n_layers: int) -> int:
-    """-ngl N|auto|all to a layer count llama.cpp takes.
+def gpu_devices() -> list[Device]:
+    """The GPU devices llama.cpp sees, with their free memory now."""
+    return [
+        Device(
+            d.get("name") or f"GPU{d['index']}", d.get("memory_free", 0), d.get("memory_total", 0)
+        )
+        for d in system.devices()
+        if d.get("type") in GPU_DEVICE_TYPES
+    ]
 
-    Without GPU support in this build every answer is 0. With it, `auto` offloads
-    everything for now (a memory-aware planner is tracked separately).
-    """
-    if not llama_cpp.llama_supports_gpu_offload():
-        return 0
-    if n_gpu_layers in ("auto", "all"):
-        return n_layers + 1  # the +1 covers the output layer
-    return int(n_gpu_layers)
+
+def plan_for(path: Path, load: Load) -> Plan:
+    """The offload plan for loading `path` with `load`; raises when the context cannot fit."""
+    shape = ModelShape.from_gguf(read_info(path))
+    ctx = load.ctx_size or min(DEFAULT_CTX, shape.n_ctx_train or DEFAULT_CTX)
+    ctx = -(-ctx // CONTEXT_STEP) * CONTEXT_STEP  # llama.cpp pads it
+    devices = gpu_devices() if llama_cpp.llama_supports_gpu_offload() else []
+    plan = plan_offload(
+        shape,
+        devices,
+        ctx=ctx,
+        request=load.n_gpu_layers,
+        cache_type_k=load.cache_type_k,
+        cache_type_v=load.cache_type_v,
+    )
+    check_host_context(plan, shape, host_available(), load.cache_type_k, load.cache_type_v)
+    return plan
 
 
 class Model:
@@ -107,9 +134,9 @@ class Model:
             llama_cpp.llama_backend_init()
             _backend["ready"] = True
 
+        self.plan = plan_for(path, load)
         mparams = llama_cpp.llama_model_default_params()
-        # The layer count is only known after loading; llama.cpp caps larger values.
-        mparams.n_gpu_layers = resolve_gpu_layers(load.n_gpu_layers, 10_000)
+        mparams.n_gpu_layers = self.plan.n_gpu_layers
         mparams.use_extra_bufts = extra_buffers_safe()
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:

@@ -1,0 +1,158 @@
+"""The -ngl planner as a pure function over GGUF tensor sizes and made-up devices."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from llmrun.engine.offload import (
+    GIB,
+    MIB,
+    Device,
+    ModelShape,
+    check_host_context,
+    kv_bytes,
+    plan_offload,
+)
+from llmrun.errors import BadOption
+from llmrun.ggufinfo import read_info
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2: Path) -> ModelShape:
+    return ModelShape.from_gguf(read_info(smollm2))
+
+
+# A 7B-like model: 32 blocks of 200 MiB, an output layer of 250 MiB, GQA 8 of 32 heads.
+BIG = ModelShape(
+    n_layers=32,
+    layer_bytes=(200 * MIB,) * 32,
+    output_bytes=250 * MIB,
+    n_embd=4096,
+    n_vocab=32768,
+    n_head=32,
+    kv_elems_per_token=8 * (128 + 128),
+    n_ctx_train=32768,
+)
+
+
+def gpu(free_gib: float, total_gib: float = 80.0, name: str = "GPU0") -> Device:
+    return Device(name, int(free_gib * GIB), int(total_gib * GIB))
+
+
+def test_shape_from_the_real_gguf(smol: ModelShape) -> None:
+    assert smol.n_layers == 30
+    assert smol.n_vocab == 49152 and smol.n_embd == 576
+    assert smol.kv_elems_per_token == 3 * (64 + 64)  # 3 KV heads of 64
+    assert all(b > 0 for b in smol.layer_bytes)
+    assert smol.output_bytes > 0  # tied embeddings: token_embd doubles as output
+
+
+def test_kv_estimate_matches_llama_cpp(smollm2: Path) -> None:
+    """Our KV size is what llama.cpp itself reports allocating."""
+    from llmrun.engine import load_model, logs
+    from llmrun.options import Load
+
+    shape = ModelShape.from_gguf(read_info(smollm2))
+    for ctx, ctk, ctv, fa in ((1024, "f16", "f16", "auto"), (2048, "q8_0", "q8_0", "on")):
+        with load_model(
+            smollm2, Load(ctx_size=ctx, cache_type_k=ctk, cache_type_v=ctv, flash_attn=fa)
+        ):
+            text = "".join(line for _, line in logs._recent)
+        reported = [float(m) for m in re.findall(r"KV buffer size =\s*([\d.]+) MiB", text)]
+        assert reported, "llama.cpp did not report its KV buffer"
+        ours = kv_bytes(shape, ctx, shape.n_layers, ctk, ctv) / MIB
+        assert reported[-1] == pytest.approx(ours, rel=0.01)
+
+
+def test_no_gpu_means_zero(smol: ModelShape) -> None:
+    for request in ("auto", "all", 7):
+        plan = plan_offload(smol, [], ctx=4096, request=request)
+        assert plan.n_gpu_layers == 0
+
+
+def test_everything_fits_on_a_big_gpu(smol: ModelShape) -> None:
+    plan = plan_offload(smol, [gpu(70)], ctx=4096)
+    assert plan.n_gpu_layers == smol.n_layers + 1
+    assert plan.fits
+
+
+@pytest.mark.parametrize("free_gib", [0.5, 1, 2, 3, 4, 6, 8, 12, 24])
+@pytest.mark.parametrize("ctx", [2048, 8192, 32768])
+@pytest.mark.parametrize("kv", ["f16", "q8_0", "q4_0"])
+def test_auto_is_the_most_that_fits_and_never_over_budget(
+    free_gib: float, ctx: int, kv: str
+) -> None:
+    device = gpu(free_gib, total_gib=max(free_gib, 8))
+    plan = plan_offload(BIG, [device], ctx=ctx, cache_type_k=kv, cache_type_v=kv)
+    gpu_part = plan.placements[0]
+    assert gpu_part.total <= device.budget or plan.n_gpu_layers == 0
+    assert plan.fits
+    if plan.n_gpu_layers < BIG.n_layers + 1:
+        one_more = plan_offload(
+            BIG, [device], ctx=ctx, request=plan.n_gpu_layers + 1, cache_type_k=kv, cache_type_v=kv
+        )
+        assert not one_more.fits
+
+
+def test_more_memory_smaller_context_and_cheaper_kv_never_offload_less() -> None:
+    by_memory = [plan_offload(BIG, [gpu(g, 24)], ctx=8192).n_gpu_layers for g in (2, 4, 6, 8, 16)]
+    assert by_memory == sorted(by_memory) and by_memory[0] < by_memory[-1]
+    by_ctx = [plan_offload(BIG, [gpu(6, 24)], ctx=c).n_gpu_layers for c in (32768, 16384, 4096)]
+    assert by_ctx == sorted(by_ctx) and by_ctx[0] < by_ctx[-1]
+    f16 = plan_offload(BIG, [gpu(6, 24)], ctx=32768).n_gpu_layers
+    q8 = plan_offload(
+        BIG, [gpu(6, 24)], ctx=32768, cache_type_k="q8_0", cache_type_v="q8_0"
+    ).n_gpu_layers
+    assert q8 > f16
+
+
+def test_two_gpus_split_by_free_memory() -> None:
+    devices = [gpu(12, 24, "GPU0"), gpu(4, 24, "GPU1")]
+    plan = plan_offload(BIG, devices, ctx=4096)
+    assert plan.n_gpu_layers == BIG.n_layers + 1
+    first, second = plan.placements[0], plan.placements[1]
+    assert first.layers + second.layers == plan.n_gpu_layers
+    assert first.layers == pytest.approx(3 * second.layers, abs=2)
+    assert first.fits and second.fits
+
+
+def test_all_fails_early_with_the_numbers() -> None:
+    with pytest.raises(BadOption) as e:
+        plan_offload(BIG, [gpu(3, 24)], ctx=8192, request="all")
+    message = str(e.value)
+    assert "-ngl all needs" in message and "GiB" in message and "-ngl auto" in message
+    assert plan_offload(BIG, [gpu(20, 24)], ctx=8192, request="all").n_gpu_layers == 33
+
+
+def test_a_number_is_exact_and_capped() -> None:
+    assert plan_offload(BIG, [gpu(1, 24)], ctx=4096, request=5).n_gpu_layers == 5
+    assert plan_offload(BIG, [gpu(1, 24)], ctx=4096, request=999).n_gpu_layers == 33
+
+
+def test_context_that_cannot_fit_in_host_memory_names_the_largest_that_does() -> None:
+    plan = plan_offload(BIG, [], ctx=131072)
+    with pytest.raises(BadOption) as e:
+        check_host_context(plan, BIG, 4 * GIB, "f16", "f16")
+    largest = int(re.search(r"-c (\d+)", str(e.value)).group(1))
+    assert "131072" in str(e.value)
+    assert 0 < largest < 131072
+    check_host_context(plan_offload(BIG, [], ctx=largest), BIG, 4 * GIB, "f16", "f16")
+    with pytest.raises(BadOption):
+        check_host_context(plan_offload(BIG, [], ctx=largest + 256), BIG, 4 * GIB, "f16", "f16")
+
+
+def test_run_verbose_prints_the_plan(llmrun, smollm2: Path) -> None:
+    r = llmrun("run", str(smollm2), "Hi", "-n", "2", "--temp", "0", "-v")
+    assert r.code == 0, r.stderr
+    assert re.search(r"offload: \d+/31 layers on GPU", r.stderr)
+    assert "KV" in r.stderr
+
+
+def test_run_refuses_a_context_larger_than_memory_before_loading(llmrun, smollm2: Path) -> None:
+    r = llmrun("run", str(smollm2), "Hi", "-c", "4000000")
+    assert r.code == 2
+    assert "KV cache" in r.stderr and "use -c" in r.stderr
+    assert "llama" not in r.stderr.replace("llmrun", "")  # refused before llama.cpp loaded anything
