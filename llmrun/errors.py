@@ -53,3 +53,7 @@ class StoreError(LlmrunError):
 
 class EngineError(LlmrunError):
     """llama.cpp refused to load or run something."""
+
+
+class HubError(LlmrunError):
+    """The Hugging Face Hub could not give us a model: network, access, a bad download."""

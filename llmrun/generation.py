@@ -16,7 +16,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from llmrun.engine import Model, Stats, load_model
 from llmrun.engine.chat import ChatTemplate, Message
-from llmrun.errors import BadInput, BadOption
+from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers
 from llmrun.resolve import ResolvedModel, resolve_model
@@ -45,9 +45,15 @@ def prepare(
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     verbose: bool = False,
+    pull: bool = True,
+    progress: Any = None,
     **sampling_flags: Any,
 ) -> Prepared:
-    """Check every option and resolve the model; flags win over the model's models.toml params."""
+    """Check every option and resolve the model; flags win over the model's models.toml params.
+
+    A model that is not here yet is pulled first (`pull=False`: it is an error), reporting
+    to `progress` (see llmrun.hub.Progress).
+    """
     given = {k: check_param(k, v) for k, v in sampling_flags.items() if v is not None}
     if system is not None:
         given["system"] = check_param("system", system)
@@ -57,7 +63,14 @@ def prepare(
     if threads is not None and threads <= 0:
         raise BadOption(f"-t/--threads must be > 0, got {threads}")
 
-    resolved = resolve_model(model)
+    try:
+        resolved = resolve_model(model)
+    except ModelNotFound:
+        if not pull:
+            raise
+        from llmrun import hub  # loads huggingface_hub: only when a download may be needed
+
+        resolved = hub.ensure_local(model, progress=progress)
     read_info(resolved.path)  # a damaged file is an error here, not a crash inside llama.cpp
     entry_params = dict(resolved.entry.params) if resolved.entry else {}
     params = {**entry_params, **given}

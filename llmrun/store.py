@@ -28,6 +28,8 @@ from llmrun.registry import looks_like_quant
 MANIFEST_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_MARK = ".tmp-"  # temporary files: ".<final name>.tmp-<random>"
+# Parts 2..N of a split GGUF: the model is its part 1, which llama.cpp opens.
+_LATER_PART = re.compile(r"-(?!0*1-)\d{5}-of-\d{5}\.gguf$")
 
 
 def home() -> Path:
@@ -247,6 +249,8 @@ def list_models() -> list[StoredModel]:
         for path in sorted(folder.glob("*.gguf")):
             if path.name.startswith(".") or _TMP_MARK in path.name:
                 continue  # a write in progress, or one that died
+            if _LATER_PART.search(path.name):
+                continue
             model = _stored(folder.name, path)
             if model is not None:
                 found.append(model)
@@ -311,6 +315,9 @@ def remove(model: StoredModel) -> None:
     try:
         with file_lock(model.path):
             model.path.unlink(missing_ok=True)
+            for part in model.manifest.get("parts") or []:  # a split GGUF's other files
+                if isinstance(part, str) and _LATER_PART.search(part) and "/" not in part:
+                    model.path.with_name(part).unlink(missing_ok=True)
             manifest_path(model.path).unlink(missing_ok=True)
         # Small race: a writer that takes the lock now recreates the lock file.
         Path(str(model.path) + ".lock").unlink(missing_ok=True)

@@ -215,12 +215,18 @@ def _source(found: ResolvedModel) -> str | None:
 # ---------------------------------------------------------------- rm
 
 
+PurgeOpt = Annotated[
+    bool, typer.Option("--purge", help="Also delete the download from the Hugging Face cache.")
+]
+
+
 @app.command("rm")
 def rm_cmd(
     model: RmModelArg,
     yes: YesOpt = False,
+    purge: PurgeOpt = False,
 ) -> None:
-    """Delete a model from the store (never files outside it)."""
+    """Delete a model from the store (never files outside it); --purge: its cached download too."""
     doomed = find_stored(model)
     if not yes:
         if not sys.stdin.isatty():
@@ -232,3 +238,8 @@ def rm_cmd(
     for m in doomed:
         store.remove(m)
         sys.stdout.write(f"deleted {m.tag}\n")
+        if purge:
+            from llmrun.hub import purge as purge_cache  # loads huggingface_hub
+
+            for path in purge_cache(m.manifest):
+                sys.stdout.write(f"deleted {path}\n")

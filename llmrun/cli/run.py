@@ -36,6 +36,7 @@ from llmrun.cli.common import (
     note_cpu_only,
     pick,
 )
+from llmrun.cli.pull import NoPullOpt, progress_for_stderr
 from llmrun.engine import Stats
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
@@ -45,12 +46,13 @@ MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
 STDIN_MARK = "-"
 
 
-def split_model_and_prompt(args: list[str]) -> tuple[str | None, list[str]]:
+def split_model_and_prompt(args: list[str], pull: bool = False) -> tuple[str | None, list[str]]:
     """The first argument is MODEL when it names one, else everything is the prompt.
 
     With several arguments, a first one shaped like a model name is taken as the
     model even if it does not resolve, so that a typo gets "unknown model"
-    rather than being sent to the default model as text.
+    rather than being sent to the default model as text. With `pull`, one
+    argument that names an alias or org/repo not here yet is the model, to pull.
     """
     if not args:
         return None, []
@@ -66,8 +68,16 @@ def split_model_and_prompt(args: list[str]) -> tuple[str | None, list[str]]:
         # that does not exist is reported as such.
         if first.endswith(".gguf") or Path(first).exists():
             raise
+        if pull and _pullable(first):
+            return first, []
         return None, args
     return first, []
+
+
+def _pullable(word: str) -> bool:
+    from llmrun import hub  # loads huggingface_hub: only for a word that is not a local model
+
+    return not hub.constants.HF_HUB_OFFLINE and hub.pullable(word)
 
 
 def read_prompt(words: list[str]) -> str:
@@ -122,6 +132,7 @@ def run_command(
     cache_type_k: CacheTypeKOpt = "f16",
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
+    no_pull: NoPullOpt = False,
 ) -> None:
     """One-shot generation; piped stdin is prepended to the prompt; the answer goes to stdout.
 
@@ -129,7 +140,7 @@ def run_command(
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
     flags = locals()
-    model, words = split_model_and_prompt(args or [])
+    model, words = split_model_and_prompt(args or [], pull=not no_pull)
     prompt = read_prompt(words)
     note_cpu_only(n_gpu_layers)
     answer = generation.run(
@@ -141,6 +152,8 @@ def run_command(
         json_schema=json_schema,
         **pick(flags, SAMPLING_FLAGS),
         **pick(flags, LOAD_FLAGS),
+        pull=not no_pull,
+        progress=progress_for_stderr(),
     )
     out = sys.stdout
     last = ""

@@ -1,0 +1,187 @@
+"""`llmrun pull MODEL`: download from the Hugging Face Hub into its cache, and store it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from llmrun.cli.common import app, err
+from llmrun.cli.models import human_size
+
+if TYPE_CHECKING:
+    from llmrun.hub import PullResult, RemoteFile
+
+PullModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="An alias from models.toml, alias[:QUANT], or a Hugging Face id org/repo[:QUANT].",
+        show_default=False,
+    ),
+]
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--revision",
+        help="Branch, tag or commit. [default: the alias's, else main]",
+        show_default=False,
+    ),
+]
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quant", help="Which GGUF quant, e.g. Q4_K_M (same as MODEL:QUANT).", show_default=False
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="Token for gated or private repos. [default: HF_TOKEN, else `hf auth login`]",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Download again even if cached.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Say what would be downloaded; download nothing.")
+]
+
+# For the commands that pull a missing model first (run, chat).
+NoPullOpt = Annotated[
+    bool, typer.Option("--no-pull", help="Never download: use only models already here.")
+]
+
+
+class NotesOnly:
+    """Progress when stderr is not a terminal: the notes, no bars."""
+
+    def note(self, text: str) -> None:
+        err.print(text, markup=False, style="yellow")
+
+    def begin(self, files: Sequence[RemoteFile], on_disk: Mapping[str, int]) -> None:
+        pass
+
+    def advance(self, name: str, nbytes: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+class Bars(NotesOnly):
+    """One bar per file and one for the total: bytes, speed, time left."""
+
+    def __init__(self) -> None:
+        self._bars = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._total: TaskID | None = None
+
+    def note(self, text: str) -> None:
+        self._bars.console.print(text, markup=False, style="yellow")  # above the bars
+
+    def begin(self, files: Sequence[RemoteFile], on_disk: Mapping[str, int]) -> None:
+        for f in files:
+            self._tasks[f.name] = self._bars.add_task(
+                _short(f.name), total=f.size, completed=on_disk.get(f.name, 0)
+            )
+        if len(files) > 1:
+            self._total = self._bars.add_task(
+                "total",
+                total=sum(f.size or 0 for f in files),
+                completed=sum(on_disk.values()),
+            )
+        self._bars.start()
+
+    def advance(self, name: str, nbytes: int) -> None:
+        if name in self._tasks:
+            self._bars.advance(self._tasks[name], nbytes)
+        if self._total is not None:
+            self._bars.advance(self._total, nbytes)
+
+    def end(self) -> None:
+        self._bars.stop()
+
+
+def progress_for_stderr() -> NotesOnly:
+    """Bars at a terminal, notes only otherwise."""
+    return Bars() if err.is_terminal else NotesOnly()
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+@app.command("pull")
+def pull_cmd(
+    model: PullModelArg,
+    revision: RevisionOpt = None,
+    quant: QuantOpt = None,
+    token: TokenOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Download a model from the Hugging Face Hub into its cache and add it to the store.
+
+    A GGUF repo gets only the chosen quant; a checkpoint, what conversion needs.
+    An interrupted pull resumes. The stored path goes to stdout.
+
+    Examples: llmrun pull smollm2-135m
+    llmrun pull bartowski/SmolLM2-135M-Instruct-GGUF:Q8_0
+    """
+    from llmrun import hub  # loads huggingface_hub: only for the commands that use it
+
+    try:
+        result = hub.pull(
+            model,
+            revision=revision,
+            quant=quant,
+            token=token,
+            force=force,
+            dry_run=dry_run,
+            progress=progress_for_stderr(),
+        )
+    except KeyboardInterrupt:
+        err.print("interrupted: the same `llmrun pull` resumes where this one stopped")
+        raise
+    if dry_run:
+        _print_plan(result)
+        return
+    what = "checkpoint " if result.kind == "safetensors" else ""
+    if result.downloaded:
+        err.print(
+            f"pulled {what}{result.tag} from {result.repo}@{result.commit[:7]} "
+            f"({human_size(result.downloaded)} downloaded)",
+            markup=False,
+        )
+    else:
+        err.print(f"{what}{result.tag} is up to date ({result.repo}@{result.commit[:7]})")
+    sys.stdout.write(f"{result.path}\n")
+
+
+def _print_plan(result: PullResult) -> None:
+    """What a pull would do, on stdout: one line per file, then the total."""
+    out: list[Any] = [f"{result.repo}@{result.commit[:7]} ({result.revision}) -> {result.tag}"]
+    todo = 0
+    for f, status in result.files:
+        out.append(f"  {status:<9} {human_size(f.size):>9}  {f.name}")
+        todo += 0 if status == "cached" else (f.size or 0)
+    out.append(f"would download {human_size(todo)}" if todo else "nothing to download")
+    sys.stdout.write("\n".join(out) + "\n")
