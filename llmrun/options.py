@@ -135,6 +135,7 @@ class Load:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     verbose: bool = False
+    parallel: int = 1  # sequences decoded together (serve, --batch)
 
 
 def parse_gpu_layers(text: str) -> int | str:

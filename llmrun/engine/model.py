@@ -154,7 +154,11 @@ class Model:
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(N_BATCH, n_ctx)
         cparams.n_ubatch = min(N_UBATCH, n_ctx)
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = load.parallel
+        # One KV stream per sequence: attention then sums over a sequence's own
+        # cells in order, so a batched answer equals the same prompt run alone
+        # (in a shared pool, interleaved cells change the summation order).
+        cparams.kv_unified = False
         threads = load.threads or default_threads()
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
