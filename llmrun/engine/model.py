@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from llmrun.engine import logs, system
 from llmrun.engine.offload import (
@@ -303,6 +304,36 @@ class Model:
             del self._cached[common:]
         self._decode(tokens[common:], common)
         return common
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Next-token logits after every position of `tokens`, as a (len, n_vocab) array.
+
+        For evaluation (perplexity, KL divergence): the context is cleared first
+        and the tokens must fit in it.
+        """
+        self.check_fits(len(tokens))
+        self.reset()
+        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = len(chunk)
+            rc = llama_cpp.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
+            self._cached.extend(chunk)
+            # Outputs are stored contiguously in batch order: one copy per chunk.
+            raw = llama_cpp.llama_get_logits(self._ctx)
+            out[start : start + len(chunk)] = np.ctypeslib.as_array(
+                raw, shape=(len(chunk), self.n_vocab)
+            )
+        return out
 
     def check_fits(self, n_prompt: int) -> None:
         if n_prompt >= self.n_ctx:
