@@ -16,6 +16,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from llmrun.engine import Model, Stats, load_model
 from llmrun.engine.chat import ChatTemplate, Message
+from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers
@@ -165,12 +166,25 @@ def run(
     raw: bool = False,
     format: str | None = None,
     json_schema: Path | None = None,
+    draft: str | None = None,
+    draft_model: str | None = None,
     **options: Any,
 ) -> Generation:
-    """Generate an answer to `prompt`; see `prepare` for the options."""
+    """Generate an answer to `prompt`; see `prepare` for the options.
+
+    `draft="ngram"` or `draft_model=MODEL` turn on speculative decoding; the
+    answer is the same, sooner.
+    """
     grammar = grammar_for(format, json_schema)
+    if draft is not None and draft not in DRAFT_KINDS:
+        raise BadOption(f"--draft must be one of {', '.join(DRAFT_KINDS)}, got {draft!r}")
     prepared = prepare(model, system=system, **options)
+    draft_path = prepare(draft_model).resolved.path if draft_model else None
     engine = load_model(prepared.resolved.path, prepared.load)
     tokens = prompt_tokens(engine, prompt, system=prepared.system, raw=raw)
     engine.check_fits(len(tokens))
-    return Generation(engine, engine.generate(tokens, prepared.sampling, grammar=grammar))
+    drafter: Drafter | None = NgramDrafter() if draft == "ngram" else None
+    if draft_path is not None:
+        drafter = ModelDrafter(load_model(draft_path, prepared.load), engine)
+    pieces = engine.generate(tokens, prepared.sampling, grammar=grammar, drafter=drafter)
+    return Generation(engine, pieces)

@@ -114,6 +114,7 @@ def check_param(name: str, value: Any, where: str | None = None) -> Any:
 # ---------------------------------------------------------------- loading options
 
 FLASH_ATTN_VALUES = ("auto", "on", "off")
+UNQUANTIZED_CACHE = ("f32", "f16", "bf16")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 GPU_LAYERS_WORDS = ("auto", "all")
 DEFAULT_CTX = 4096
@@ -167,4 +168,12 @@ def check_load(load: Load) -> Load:
     ):
         if value not in CACHE_TYPES:
             raise BadOption(f"{flag} must be one of {', '.join(CACHE_TYPES)}, got {value!r}")
+    if load.cache_type_v not in UNQUANTIZED_CACHE:
+        # llama.cpp stores a quantized V cache only with flash attention.
+        if load.flash_attn == "off":
+            raise BadOption(
+                f"-ctv {load.cache_type_v} needs flash attention, but -fa is off",
+                "drop -fa off, or use -ctv f16",
+            )
+        load = replace(load, flash_attn="on")
     return load

@@ -138,6 +138,20 @@ JsonSchemaOpt = Annotated[
         "--json-schema", help="Constrain the output to this JSON Schema file.", show_default=False
     ),
 ]
+DraftOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft", help="Speculative decoding by prompt lookup: ngram.", show_default=False
+    ),
+]
+DraftModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--draft-model",
+        help="Speculative decoding with a small model of the same vocabulary.",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 VerboseOpt = Annotated[
     bool, typer.Option("-v", "--verbose", help="Timings and llama.cpp's logs on stderr.")

@@ -15,6 +15,8 @@ from llmrun.cli.common import (
     CacheTypeKOpt,
     CacheTypeVOpt,
     CtxOpt,
+    DraftModelOpt,
+    DraftOpt,
     FlashAttnOpt,
     FormatOpt,
     JsonSchemaOpt,
@@ -100,7 +102,8 @@ def print_stats(stats: Stats) -> None:
     err.print(
         f"load {stats.load_seconds:.2f} s | "
         f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s | "
-        f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s",
+        f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s"
+        + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else ""),
         style="dim",
     )
 
@@ -132,6 +135,8 @@ def run_command(
     cache_type_k: CacheTypeKOpt = "f16",
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
+    draft: DraftOpt = None,
+    draft_model: DraftModelOpt = None,
     no_pull: NoPullOpt = False,
 ) -> None:
     """One-shot generation; piped stdin is prepended to the prompt; the answer goes to stdout.
@@ -150,6 +155,8 @@ def run_command(
         raw=raw,
         format=format,
         json_schema=json_schema,
+        draft=draft,
+        draft_model=draft_model,
         **pick(flags, SAMPLING_FLAGS),
         **pick(flags, LOAD_FLAGS),
         pull=not no_pull,

@@ -28,6 +28,7 @@ from llmrun.engine.offload import (
     plan_offload,
 )
 from llmrun.engine.sampling import build_sampler
+from llmrun.engine.speculative import Drafter
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
@@ -68,6 +69,8 @@ class Stats:
     gen_seconds: float = 0.0
     first_token_seconds: float = 0.0  # from the start of generate to the first piece
     stop_reason: str = ""  # "eos", "length", "stop", "context"
+    drafted: int = 0  # speculative decoding: tokens guessed
+    accepted: int = 0  # and kept
 
     @property
     def prompt_tps(self) -> float:
@@ -268,8 +271,8 @@ class Model:
     def cached_tokens(self) -> list[int]:
         return list(self._cached)
 
-    def _decode(self, tokens: list[int], start_pos: int) -> None:
-        """Evaluate tokens at positions start_pos.., logits for the last one only."""
+    def _decode(self, tokens: list[int], start_pos: int, all_logits: bool = False) -> None:
+        """Evaluate tokens at positions start_pos.., logits for the last one (or all)."""
         batch = self._batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
@@ -279,7 +282,7 @@ class Model:
                 batch.pos[i] = start_pos + offset + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = 0
+                batch.logits[i] = all_logits
             batch.logits[n - 1] = 1
             batch.n_tokens = n
             rc = llama_cpp.llama_decode(self._ctx, batch)
@@ -349,8 +352,13 @@ class Model:
         *,
         grammar: str | None = None,
         ignore_eos: bool = False,
+        drafter: Drafter | None = None,
+        n_draft: int = 8,
     ) -> Iterator[str]:
         """Evaluate the prompt tokens, then yield text as it is generated.
+
+        With a drafter, guessed tokens are verified in batches (speculative
+        decoding); what is yielded is the same as without one.
 
         Stops at an end-of-generation token, after `sampling.max_tokens` tokens
         (counted exactly, whatever they decode to), at a stop string (not
@@ -366,7 +374,7 @@ class Model:
             stats.reused_tokens = self._prefill(tokens)
             stats.prompt_tokens = len(tokens) - stats.reused_tokens
             stats.prompt_seconds = time.perf_counter() - started
-            yield from self._decode_loop(sampler, sampling, ignore_eos, started)
+            yield from self._decode_loop(sampler, sampling, ignore_eos, started, drafter, n_draft)
         finally:
             llama_cpp.llama_sampler_free(sampler)
             self._sync_cache()
@@ -389,6 +397,8 @@ class Model:
         sampling: Sampling,
         ignore_eos: bool,
         started: float,
+        drafter: Drafter | None = None,
+        n_draft: int = 8,
     ) -> Iterator[str]:
         stats = self.stats
         text = Utf8Stream()
@@ -396,38 +406,79 @@ class Model:
         limit = sampling.max_tokens if sampling.max_tokens > 0 else None
         one = (llama_cpp.llama_token * 1)()
         gen_start = time.perf_counter()
-        reason = "length"
+
+        def take(token: int) -> tuple[str, str | None]:
+            """Account for one sampled token: its text, and why to stop, if so."""
+            if not ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                return "", "eos"
+            stats.gen_tokens += 1
+            out, stopped = stops.feed(text.feed(self.piece(token)))
+            if stopped:
+                return out, "stop"
+            if limit is not None and stats.gen_tokens >= limit:
+                return out, "length"
+            if len(self._cached) + 1 >= self.n_ctx:
+                return out, "context"
+            return out, None
+
+        reason: str | None = None
         try:
-            while limit is None or stats.gen_tokens < limit:
-                token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
-                if not ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    reason = "eos"
-                    break
-                stats.gen_tokens += 1
-                out, stopped = stops.feed(text.feed(self.piece(token)))
+            token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+            while True:
+                out, reason = take(token)
                 if out:
                     if not stats.first_token_seconds:
                         stats.first_token_seconds = time.perf_counter() - started
                     yield out
-                if stopped:
-                    reason = "stop"
+                if reason:
                     break
-                if limit is not None and stats.gen_tokens >= limit:
-                    break  # no need to evaluate a token nobody will follow
-                if len(self._cached) >= self.n_ctx:
-                    reason = "context"
+                room = min(n_draft, self.n_ctx - len(self._cached) - 2)
+                if limit is not None:
+                    room = min(room, limit - stats.gen_tokens)
+                draft = (
+                    drafter.propose([*self._cached, token], room) if drafter and room > 0 else []
+                )
+                if not draft:  # the plain path: one token, one decode
+                    one[0] = token
+                    rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
+                    if rc != 0:
+                        raise EngineError(
+                            f"llama_decode failed with code {rc}: {logs.last_error()}"
+                        )
+                    self._cached.append(token)
+                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+                    continue
+                # Verify: the token and the guesses in one decode; keep guesses
+                # for as long as the target samples exactly them.
+                start = len(self._cached)
+                self._decode([token, *draft], start, all_logits=True)
+                stats.drafted += len(draft)
+                kept = 0
+                for i, guess in enumerate(draft):
+                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, i)
+                    if token != guess:
+                        break
+                    kept += 1
+                    stats.accepted += 1
+                    out, reason = take(token)
+                    if out:
+                        yield out
+                    if reason:
+                        break
+                else:
+                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, len(draft))
+                # Cells past the last kept guess hold rejected tokens.
+                keep = start + 1 + kept
+                llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1)
+                del self._cached[keep:]
+                if reason:
                     break
-                one[0] = token
-                rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
-                if rc != 0:
-                    raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
-                self._cached.append(token)
             if reason != "stop":
                 tail = stops.flush(text.flush())
                 if tail:
                     yield tail
         finally:
-            stats.stop_reason = reason
+            stats.stop_reason = reason or "length"
             stats.gen_seconds = time.perf_counter() - gen_start
 
 
