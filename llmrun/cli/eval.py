@@ -1,0 +1,127 @@
+"""`llmrun eval MODEL [--ref MODEL_F16]`: perplexity, and KL divergence against a reference."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import rich.progress as bars
+import typer
+
+from llmrun.cli.common import (
+    JsonOpt,
+    ModelArg,
+    NglOpt,
+    ThreadsOpt,
+    app,
+    err,
+    note_cpu_only,
+    print_json,
+)
+from llmrun.cli.models import print_fields
+from llmrun.evaluate import EvalResult, Progress, evaluate
+
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref",
+        help="Reference model (the F16/BF16 file of the same model): adds KL divergence "
+        "and top-1 agreement.",
+        show_default=False,
+    ),
+]
+TextOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--text",
+        help="UTF-8 text to score. Default: chapters I-II of Alice's Adventures in Wonderland.",
+        show_default=False,
+    ),
+]
+EvalCtxOpt = Annotated[
+    int, typer.Option("-c", "--ctx-size", help="Tokens per chunk; the second half is scored.")
+]
+ChunksOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunks", help="Score at most this many chunks. Default: all.", show_default=False
+    ),
+]
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelArg = None,
+    ref: RefOpt = None,
+    text: TextOpt = None,
+    ctx_size: EvalCtxOpt = 512,
+    chunks: ChunksOpt = None,
+    threads: ThreadsOpt = None,
+    n_gpu_layers: NglOpt = "auto",
+    json: JsonOpt = False,
+) -> None:
+    """Perplexity of MODEL over a text; with --ref, KL divergence and top-1 agreement.
+
+    Lower perplexity is better. KL is in nats per token; 0 means the reference's predictions.
+
+    Examples: llmrun eval smollm2-135m:Q4_K_M --ref smollm2-135m:F16
+    llmrun eval model.gguf --text book.txt -c 1024 --json
+    """
+    note_cpu_only(n_gpu_layers)
+    with _bar() as progress:
+        result = evaluate(
+            model,
+            ref=ref,
+            text=text,
+            ctx_size=ctx_size,
+            chunks=chunks,
+            threads=threads,
+            n_gpu_layers=n_gpu_layers,
+            progress=progress,
+        )
+    if json:
+        print_json(result.to_dict())
+    else:
+        print_fields(_fields(result))
+
+
+@contextlib.contextmanager
+def _bar() -> Iterator[Progress | None]:
+    """A chunk counter on stderr for a person at a terminal; nothing otherwise."""
+    if not err.is_terminal:
+        yield None
+        return
+    columns = (
+        bars.TextColumn("eval"),
+        bars.BarColumn(),
+        bars.MofNCompleteColumn(),
+        bars.TextColumn("chunks"),
+        bars.TimeRemainingColumn(),
+    )
+    with bars.Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _fields(r: EvalResult) -> list[tuple[str, object]]:
+    fields: list[tuple[str, object]] = [
+        ("model", r.model),
+        ("text", f"{r.text}: {r.text_tokens} tokens"),
+        ("chunks", f"{r.chunks} of {r.ctx_size} tokens, {r.scored_tokens} tokens scored"),
+        ("perplexity", f"{r.perplexity:.4f} ± {r.perplexity_se:.4f}"),
+    ]
+    if r.ref is not None:
+        fields += [
+            ("reference", r.ref),
+            ("ref perplexity", f"{r.ref_perplexity:.4f} ± {r.ref_perplexity_se:.4f}"),
+            ("perplexity ratio", f"{r.ppl_ratio:.4f}"),
+            ("KL mean", f"{r.kl_mean:.6f} ± {r.kl_mean_se:.6f}"),
+            ("KL median", f"{r.kl_median:.6f}"),
+            ("KL p99", f"{r.kl_p99:.6f}"),
+            ("KL max", f"{r.kl_max:.6f}"),
+            ("top-1 agreement", f"{r.top1_agreement:.2%}"),
+        ]
+    fields.append(("time", f"{r.seconds:.1f} s"))
+    return fields
