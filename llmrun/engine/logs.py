@@ -18,7 +18,7 @@ _LEVEL_CONT = 5
 
 # A graph build alone logs hundreds of lines; keep enough to span one load.
 _recent: deque[tuple[int, str]] = deque(maxlen=5000)
-_state = {"verbose": False, "installed": False, "last_level": 0}
+_state = {"verbose": False, "installed": False, "last_level": 0, "count": 0}
 
 
 @llama_cpp.llama_log_callback
@@ -28,6 +28,7 @@ def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     _state["last_level"] = level
     line = text.decode("utf-8", errors="replace")
     _recent.append((level, line))
+    _state["count"] += 1
     if _state["verbose"]:
         sys.stderr.write(line)
         sys.stderr.flush()
@@ -47,3 +48,14 @@ def last_error(default: str = "") -> str:
         if level == _LEVEL_ERROR and line.strip():
             return line.strip()
     return default
+
+
+def mark() -> int:
+    """A position in the log, for `since` (a long call's progress lines)."""
+    return _state["count"]
+
+
+def since(position: int) -> list[str]:
+    """The lines logged after `position` that are still kept."""
+    n = min(_state["count"] - position, len(_recent))
+    return [line for _, line in list(_recent)[len(_recent) - n :]] if n > 0 else []

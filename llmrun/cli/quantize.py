@@ -1,0 +1,176 @@
+"""`llmrun quantize MODEL|DIR|FILE.gguf`: convert a checkpoint to GGUF and quantize it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from llmrun.cli.common import app, err
+from llmrun.cli.models import human_size
+from llmrun.errors import BadInput
+from llmrun.quantize import progress as qprogress
+from llmrun.quantize.types import DEFAULT_TYPE, types_table
+
+QuantizeModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A pulled model or alias, org/repo (in the Hugging Face cache), a checkpoint "
+        "folder (config.json + *.safetensors), or an F32/F16/BF16 .gguf to requantize.",
+        show_default=False,
+    ),
+]
+TypeOpt = Annotated[
+    str,
+    typer.Option("--type", "-q", help="Quantization type (see --list-types)."),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Write this file (default: the store, models/<name>/<name>-<TYPE>.gguf).",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+KeepF16Opt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-f16", help="Keep the F16/BF16 file made on the way to a K-quant, beside the output."
+    ),
+]
+ListTypesOpt = Annotated[
+    bool, typer.Option("--list-types", help="Print the quantization types and exit.")
+]
+NoCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-check", help="Skip the self-check (load in llama.cpp, compare tokenizer ids)."
+    ),
+]
+
+
+class Notes(qprogress.Progress):
+    """Progress when stderr is not a terminal: warnings and notes only."""
+
+    def note(self, text: str) -> None:
+        err.print(text, markup=False, style="yellow")
+
+
+class Bars(Notes):
+    """A bar of tensors and bytes while converting, a spinner while llama.cpp quantizes."""
+
+    def __init__(self) -> None:
+        self._bars: Progress | None = None
+        self._task: TaskID | None = None
+
+    def note(self, text: str) -> None:
+        (self._bars.console if self._bars else err).print(text, markup=False, style="yellow")
+
+    def stage(self, text: str) -> None:
+        self.end()
+        self._bars = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False),
+            TextColumn("{task.fields[where]}", markup=False),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._task = self._bars.add_task(text, total=None, where="")
+        self._bars.start()
+
+    def start(self, tensors: int, nbytes: int) -> None:
+        description = self._bars.tasks[0].description if self._bars else "converting"
+        self.end()
+        self._bars = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[of]} tensors"),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._task = self._bars.add_task(description, total=nbytes, done=0, of=tensors)
+        self._bars.start()
+
+    def advance(self, tensors: int, nbytes: int) -> None:
+        if self._bars is None or self._task is None:
+            return
+        done = self._bars.tasks[0].fields["done"] + tensors
+        self._bars.update(self._task, advance=nbytes, done=done)
+
+    def tick(self, text: str) -> None:
+        if self._bars is not None and self._task is not None:
+            self._bars.update(self._task, where=text)
+
+    def end(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+            self._task = None
+
+
+@app.command(
+    "quantize",
+    epilog="Types (--type):\n\n\b\n" + types_table(),
+)
+def quantize_cmd(
+    model: QuantizeModelArg = None,
+    type: TypeOpt = DEFAULT_TYPE,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    keep_f16: KeepF16Opt = False,
+    list_types: ListTypesOpt = False,
+    no_check: NoCheckOpt = False,
+) -> None:
+    """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
+
+    F32, F16, BF16 and Q8_0 are written directly; other types are quantized by llama.cpp
+    from an F16/BF16 file that is deleted afterwards (unless --keep-f16). The new file
+    is loaded and its tokenizer checked before it is put in place; its path goes to stdout.
+
+    Examples: llmrun quantize smollm2-135m --type Q4_K_M
+    llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
+    """
+    if list_types:
+        sys.stdout.write(types_table() + "\n")
+        return
+    if model is None:
+        raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")
+    from llmrun.quantize import quantize
+
+    progress = Bars() if err.is_terminal else Notes()
+    try:
+        result = quantize(
+            model,
+            type=type,
+            output=output,
+            force=force,
+            keep_f16=keep_f16,
+            check=not no_check,
+            progress=progress,
+        )
+    finally:
+        progress.end()  # a live bar must not outlive an error
+    if err.is_terminal and not result.kept:
+        size = human_size(result.path.stat().st_size)
+        err.print(
+            f"wrote {result.name}:{result.quant} ({size}) in {result.seconds:.1f} s", markup=False
+        )
+    if result.intermediate is not None:
+        err.print(f"kept {result.intermediate}", markup=False)
+    sys.stdout.write(f"{result.path}\n")

@@ -1,0 +1,37 @@
+"""One module per architecture family, found through config.json's `architectures`.
+
+Each module defines `CONVERTER`, a subclass of `archs.base.Converter`. Families
+that share a module (Mistral is Llama to llama.cpp) share a row here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from llmrun.errors import BadInput
+from llmrun.quantize.archs.base import Converter
+from llmrun.quantize.checkpoint import Checkpoint
+
+# config.json "architectures"[0] -> module of llmrun.quantize.archs
+ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
+}
+
+
+def converter_for(ckpt: Checkpoint) -> Converter:
+    arch = ckpt.architecture
+    module = ARCHITECTURES.get(arch or "")
+    if module is None:
+        what = f"architecture {arch!r}" if arch else "a config.json without architectures"
+        raise BadInput(
+            f"{ckpt.folder}: {what} is not supported",
+            f"supported: {', '.join(ARCHITECTURES)}",
+        )
+    return importlib.import_module(f"llmrun.quantize.archs.{module}").CONVERTER(ckpt)

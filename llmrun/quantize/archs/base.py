@@ -1,0 +1,186 @@
+"""What every architecture module builds on: hyperparameters in, tensor plans out.
+
+A module subclasses `Converter`, names its gguf-py architecture, and overrides
+only what its family does differently: `metadata` (extra GGUF keys), `rename`
+(names gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on
+norms...) and `extra` (tensors the checkpoint lacks, such as rope_freqs).
+A plan is lazy: the writer reads the source tensor when it writes the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import gguf
+import numpy as np
+from gguf import GGUFWriter
+
+from llmrun.errors import BadInput
+from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
+
+# Tensors of Hugging Face checkpoints that llama.cpp computes itself: never written.
+SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor of the GGUF file, to be written later.
+
+    `layout` rearranges the stored array without reading it (a view: reshape,
+    swapaxes); its first axis is the one the writer walks in chunks, and its
+    C-order elements are the output's. `values` changes float32 values, one
+    chunk at a time. `data` is for tensors computed here rather than read.
+    """
+
+    name: str
+    shape: tuple[int, ...]  # numpy order (rows last)
+    kind: gguf.MODEL_TENSOR | None
+    source: SourceTensor | None = None
+    layout: Callable[[np.ndarray], np.ndarray] | None = None
+    values: Callable[[np.ndarray], np.ndarray] | None = None
+    data: np.ndarray | None = None
+
+    def with_values(self, fn: Callable[[np.ndarray], np.ndarray]) -> TensorPlan:
+        return replace(self, values=fn)
+
+    def with_layout(self, fn: Callable[[np.ndarray], np.ndarray]) -> TensorPlan:
+        return replace(self, layout=fn)
+
+
+class Converter:
+    """A Llama-like decoder: the defaults suit most families."""
+
+    arch: ClassVar[gguf.MODEL_ARCH]
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        config = dict(ckpt.config)
+        self.config: dict[str, Any] = {**config, **(config.get("text_config") or {})}
+        self.n_layers = int(self.hp("num_hidden_layers", "n_layers", "n_layer"))
+        self.names = gguf.get_tensor_name_map(self.arch, self.n_layers)
+
+    # ------------------------------------------------------------ hyperparameters
+
+    def hp(self, *keys: str, default: Any = ...) -> Any:
+        """The first of `keys` in config.json; BadInput when none is there and no default."""
+        for key in keys:
+            if self.config.get(key) is not None:
+                return self.config[key]
+        if default is ...:
+            raise BadInput(f"config.json has no {' or '.join(keys)}")
+        return default
+
+    @property
+    def n_head(self) -> int:
+        return int(self.hp("num_attention_heads"))
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(self.hp("num_key_value_heads", default=self.n_head))
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.hp("head_dim", default=self.hp("hidden_size") // self.n_head))
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.hp("vocab_size"))
+
+    def rope(self) -> dict[str, Any]:
+        """RoPE settings, from transformers 5's rope_parameters or the older keys."""
+        params = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
+        params = dict(params.get("full_attention", params))
+        params.setdefault("rope_theta", self.config.get("rope_theta"))
+        params.setdefault("rope_type", params.get("type", "default"))
+        return params
+
+    @property
+    def arch_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+    # ------------------------------------------------------------ metadata
+
+    def metadata(self, w: GGUFWriter) -> None:
+        """The architecture's GGUF keys."""
+        w.add_block_count(self.n_layers)
+        w.add_context_length(int(self.hp("max_position_embeddings")))
+        w.add_embedding_length(int(self.hp("hidden_size")))
+        w.add_feed_forward_length(int(self.hp("intermediate_size")))
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        w.add_layer_norm_rms_eps(float(self.hp("rms_norm_eps")))
+        if self.config.get("head_dim") is not None:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+        w.add_vocab_size(self.n_vocab)
+        rope = self.rope()
+        if rope["rope_theta"] is not None:
+            w.add_rope_freq_base(float(rope["rope_theta"]))
+        self.rope_scaling(w, rope)
+
+    def rope_scaling(self, w: GGUFWriter, rope: dict[str, Any]) -> None:
+        kind, factor = str(rope["rope_type"]).lower(), rope.get("factor")
+        if kind == "linear" and factor:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(factor))
+        elif kind == "yarn" and factor:
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(factor))
+            w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        elif kind not in ("default", "llama3"):  # llama3 is a rope_freqs tensor (llama.py)
+            raise BadInput(f"config.json: RoPE scaling {kind!r} is not supported")
+
+    # ------------------------------------------------------------ tensors
+
+    def plans(self) -> list[TensorPlan]:
+        """Every tensor to write, in order: the checkpoint's (renamed, adjusted), then extras."""
+        out: list[TensorPlan] = []
+        for src in self.ckpt.tensors.values():
+            if src.name.endswith(SKIPPED_SUFFIXES):
+                continue
+            name = self.rename(src.name)
+            if name is None:
+                continue
+            kind = self.kind_of(name)
+            out.extend(self.adjust(TensorPlan(name, src.shape, kind, src), src.name))
+        out.extend(self.extra())
+        self._check(out)
+        return out
+
+    def rename(self, hf_name: str) -> str | None:
+        """The GGUF name of a checkpoint tensor; None to leave it out."""
+        name = self.names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise BadInput(
+                f"tensor {hf_name} of the checkpoint has no place in a {self.arch_name} GGUF",
+                "is config.json's architecture right?",
+            )
+        return name
+
+    def kind_of(self, name: str) -> gguf.MODEL_TENSOR | None:
+        found = self.names.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        return found[0] if found else None
+
+    def adjust(self, plan: TensorPlan, hf_name: str) -> Iterable[TensorPlan]:
+        """Family quirks for one tensor (default: none)."""
+        yield plan
+
+    def extra(self) -> Iterator[TensorPlan]:
+        """Tensors computed from the config (default: none)."""
+        yield from ()
+
+    def _check(self, plans: list[TensorPlan]) -> None:
+        seen: set[str] = set()
+        for p in plans:
+            if p.name in seen:
+                raise BadInput(f"two tensors of the checkpoint both become {p.name}")
+            seen.add(p.name)
+        if "token_embd.weight" not in seen:
+            raise BadInput("the checkpoint has no token embedding (embed_tokens.weight)")
+
+
+def computed(name: str, data: np.ndarray, kind: gguf.MODEL_TENSOR | None = None) -> TensorPlan:
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    return TensorPlan(name, data.shape, kind, data=data)

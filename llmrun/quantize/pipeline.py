@@ -1,0 +1,218 @@
+"""`quantize()`: a checkpoint or F32/F16/BF16 GGUF in, a checked GGUF file out.
+
+A short linear pipeline: find the source; read config and tensor list; pick the
+architecture module; export the tokenizer; write F32/F16/BF16/Q8_0 directly,
+or an F16/BF16 file that llama.cpp quantizes further; self-check; rename into
+place; record a manifest when the output is in the store. Every file is written
+under a temporary name, so an interrupted or failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGUFWriter
+
+from llmrun import store
+from llmrun.errors import BadInput, BadModelFile, StoreError
+from llmrun.quantize.archs import converter_for
+from llmrun.quantize.archs.base import Converter, TensorPlan
+from llmrun.quantize.checkpoint import open_checkpoint
+from llmrun.quantize.progress import Progress
+from llmrun.quantize.selfcheck import self_check
+from llmrun.quantize.source import Source, find_source
+from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
+from llmrun.quantize.vocab import Reference, Vocab, load_vocab
+from llmrun.quantize.writer import write_gguf
+
+# GGUF file types llama.cpp quantizes from without loss of quality.
+REQUANTIZABLE = ("F32", "F16", "BF16")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass
+class Result:
+    path: Path
+    name: str
+    quant: str
+    kept: bool = False  # the output existed and was left alone (no --force)
+    intermediate: Path | None = None  # the F16/BF16 file, with keep_f16
+    seconds: float = 0.0
+
+
+def quantize(
+    model: str,
+    *,
+    type: str = DEFAULT_TYPE,
+    output: Path | None = None,
+    force: bool = False,
+    keep_f16: bool = False,
+    check: bool = True,
+    progress: Progress | None = None,
+) -> Result:
+    """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF)."""
+    progress = progress or Progress()
+    qtype = get_type(type)
+    source = find_source(model)
+    out = Path(output).expanduser() if output else store.model_path(source.name, qtype.name)
+    if source.kind == "gguf" and source.path.resolve() == out.resolve():
+        raise BadInput(f"{out} is both the input and the output", "give another -o")
+    started = time.monotonic()
+    job = _prepare(source, progress)  # every check of the input, before anything is written
+    in_store = output is None or store.inside_store(out)
+    # The store's writers take its lock; elsewhere the rename alone keeps readers safe,
+    # and no lock file is left beside the user's file.
+    with store.file_lock(out) if in_store else contextlib.nullcontext():
+        if out.exists() and not force:
+            progress.note(f"{out} exists: kept (--force to make it again)")
+            return Result(out, source.name, qtype.name, kept=True)
+        with _disk_errors(out):
+            result = job.make(qtype, out, keep_f16, check, progress)
+            if in_store:
+                _manifest(out, source, qtype, result.intermediate)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@dataclass
+class _Job:
+    """A source that passed every check, with what converting it needs."""
+
+    source: Source
+    conv: Converter | None = None  # None: a GGUF to requantize
+    vocab: Vocab | None = None
+    plans: list[TensorPlan] | None = None
+
+    def metadata(self, w: GGUFWriter) -> None:
+        assert self.conv is not None and self.vocab is not None
+        w.add_name(self.source.repo.split("/")[-1] if self.source.repo else self.source.name)
+        self.conv.metadata(w)
+        self.vocab.write(w)
+
+    def write(self, path: Path, qtype: QuantType, progress: Progress) -> None:
+        assert self.conv is not None and self.plans is not None
+        write_gguf(path, self.conv.arch_name, self.metadata, self.plans, qtype, progress)
+
+    def make(
+        self, qtype: QuantType, out: Path, keep_f16: bool, check: bool, progress: Progress
+    ) -> Result:
+        from llmrun.quantize.llama_quant import llama_quantize
+
+        result = Result(out, self.source.name, qtype.name)
+        if self.conv is None:  # requantize a GGUF
+            with store.atomic_write(out) as tmp:
+                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
+                llama_quantize(self.source.path, tmp, qtype, progress)
+                _check(tmp, None, check, progress)
+            return result
+
+        assert self.vocab is not None and self.plans is not None
+        if qtype.direct:
+            with store.atomic_write(out) as tmp:
+                progress.stage(f"converting to {qtype.name}")
+                self.write(tmp, qtype, progress)
+                _check(tmp, self.vocab.reference, check, progress)
+            return result
+
+        # Beyond Q8_0: an intermediate file of the checkpoint's own precision, for llama.cpp.
+        bf16 = any(p.source is not None and p.source.dtype == "BF16" for p in self.plans)
+        inter_type = TYPES["BF16" if bf16 else "F16"]
+        inter = _intermediate_path(out, inter_type) if keep_f16 else _scratch(out, inter_type)
+        try:
+            with store.atomic_write(inter) as tmp:
+                progress.stage(f"converting to {inter_type.name}")
+                self.write(tmp, inter_type, progress)
+            with store.atomic_write(out) as tmp:
+                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
+                llama_quantize(inter, tmp, qtype, progress)
+                _check(tmp, self.vocab.reference, check, progress)
+        finally:
+            if not keep_f16:
+                inter.unlink(missing_ok=True)
+        if keep_f16:
+            result.intermediate = inter
+            if store.inside_store(inter):
+                _manifest(inter, self.source, inter_type, None)
+        return result
+
+
+def _prepare(source: Source, progress: Progress) -> _Job:
+    if source.kind == "gguf":
+        _check_requantizable(source.path)
+        return _Job(source)
+    progress.stage(f"reading {source.path}")
+    ckpt = open_checkpoint(source.path)
+    conv = converter_for(ckpt)
+    vocab = load_vocab(ckpt, conv.n_vocab)
+    plans = conv.plans()
+    progress.end()
+    for warning in vocab.warnings:
+        progress.note(f"warning: {warning}")
+    return _Job(source, conv, vocab, plans)
+
+
+def _check(path: Path, reference: Reference | None, check: bool, progress: Progress) -> None:
+    if check:
+        progress.stage("checking the file with llama.cpp")
+        self_check(path, reference)
+        progress.end()
+
+
+def _check_requantizable(path: Path) -> None:
+    from llmrun.ggufinfo import read_info
+
+    info = read_info(path)
+    if (info.quant or "").upper() not in REQUANTIZABLE:
+        raise BadModelFile(
+            f"{path} is {info.quant or 'of unknown type'}: llmrun requantizes only "
+            f"{', '.join(REQUANTIZABLE)} files, since requantizing loses quality",
+            "quantize from the original checkpoint or an F16 GGUF",
+        )
+
+
+def _intermediate_path(out: Path, qtype: QuantType) -> Path:
+    stem = out.stem
+    for t in TYPES:  # models/x/x-Q4_K_M.gguf -> models/x/x-F16.gguf
+        if stem.upper().endswith("-" + t):
+            return out.with_name(f"{stem[: -len(t)]}{qtype.name}.gguf")
+    return out.with_name(f"{stem}-{qtype.name}.gguf")
+
+
+def _scratch(out: Path, qtype: QuantType) -> Path:
+    """Hidden (a leading dot), so `llmrun list` never shows it."""
+    return out.with_name(f".{out.stem}.{qtype.name}-intermediate.gguf")
+
+
+def _manifest(path: Path, source: Source, qtype: QuantType, intermediate: Path | None) -> None:
+    extra = {"source": str(source.path), "converted_by": "llmrun quantize"}
+    if intermediate is not None:
+        extra["intermediate"] = intermediate.name
+    store.write_manifest(
+        path,
+        name=source.name,
+        quant=qtype.name,
+        repo=source.repo,
+        revision=source.revision,
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def _disk_errors(out: Path) -> Iterator[None]:
+    """A full disk or a file size limit is a runtime failure (exit 1) that says so."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise StoreError(
+                f"cannot write {out}: {e.strerror} (the disk is full or a file size limit was hit)",
+                "free some space or write elsewhere with -o; nothing was left behind",
+            ) from None
+        if e.errno is not None:
+            raise StoreError(f"cannot write {out}: {e.strerror}") from None
+        raise

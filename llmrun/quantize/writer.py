@@ -1,0 +1,167 @@
+"""A GGUF file written tensor by tensor, never holding the model in memory.
+
+gguf-py's GGUFWriter keeps every tensor until it writes them all. We use it for
+what it is good at (header, metadata, the tensor table, padding), declaring each
+tensor up front with `add_tensor_info`, and then stream the data ourselves: each
+tensor is memory-mapped from the checkpoint, converted in chunks of rows and
+written, so peak memory is about one chunk plus the pages of one tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType as QT
+
+from llmrun.errors import BadInput
+from llmrun.quantize.archs.base import TensorPlan
+from llmrun.quantize.checkpoint import DTYPES, to_f32
+from llmrun.quantize.progress import Progress
+from llmrun.quantize.types import QuantType
+
+CHUNK_ELEMENTS = 1 << 22  # values converted at a time: 16 MiB as float32
+
+# Tensors that stay F32 whatever type was asked for, and why: llama.cpp's kernels
+# for these take F32, and they are a tiny part of the model.
+KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
+    ("1-D: norms, biases, rope factors", lambda p: len(p.shape) <= 1),
+    ("norm weights", lambda p: p.name.endswith("_norm.weight")),
+    ("anything but a weight", lambda p: not p.name.endswith(".weight")),
+    (
+        "routers and position tables",
+        lambda p: p.kind in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.POS_EMBD),
+    ),
+)
+# When rows are not a whole number of blocks of the asked type.
+FALLBACK_TYPE = QT.F16
+# Checkpoint dtype -> the GGUF type that is the same bytes (copied without conversion).
+SAME_BYTES = {"F32": QT.F32, "F16": QT.F16, "BF16": QT.BF16}
+
+
+class _Writer(GGUFWriter):
+    """GGUFWriter that packs long metadata arrays (the vocabulary, merges) in one go.
+
+    The stock writer packs a 50k-token vocabulary item by item with struct: a
+    second or more per file. Same bytes; little-endian only, as we write.
+    """
+
+    def _pack_val(
+        self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None
+    ) -> bytes:
+        if vtype != GGUFValueType.ARRAY or len(val) < 256 or isinstance(val, bytes):
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        first = type(val[0])
+        if not all(type(v) is first for v in val):
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        if first is str:
+            items = [v.encode("utf-8") for v in val]
+            body = b"".join(struct.pack("<Q", len(b)) + b for b in items)
+            ltype = GGUFValueType.STRING
+        elif first in _NUMPY_ITEMS:
+            ltype, dtype = _NUMPY_ITEMS[first]
+            body = np.asarray(val, dtype=dtype).tobytes()
+        else:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        head = struct.pack("<I", vtype) if add_vtype else b""
+        return head + struct.pack("<IQ", ltype, len(val)) + body
+
+
+# Python item type of a metadata array -> (GGUF type, numpy dtype), as gguf-py chooses.
+_NUMPY_ITEMS: dict[type, tuple[GGUFValueType, str]] = {
+    int: (GGUFValueType.INT32, "<i4"),
+    float: (GGUFValueType.FLOAT32, "<f4"),
+}
+
+
+def tensor_type(plan: TensorPlan, want: QT) -> QT:
+    if any(rule(plan) for _, rule in KEEP_F32):
+        return QT.F32
+    block = GGML_QUANT_SIZES[want][0]
+    return want if plan.shape[-1] % block == 0 else FALLBACK_TYPE
+
+
+def nbytes(shape: tuple[int, ...], qtype: QT) -> int:
+    block, size = GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape, dtype=np.int64)) // block * size
+
+
+def write_gguf(
+    path: Path,
+    arch: str,
+    add_metadata: Callable[[GGUFWriter], None],
+    plans: list[TensorPlan],
+    qtype: QuantType,
+    progress: Progress,
+) -> None:
+    """Write a complete GGUF file at `path` (the caller makes that atomic)."""
+    assert qtype.tensor_type is not None, f"{qtype.name} is not written directly"
+    w = _Writer(path=None, arch=arch)
+    add_metadata(w)
+    w.add_file_type(int(qtype.ftype))
+    if qtype.tensor_type not in (QT.F32, QT.F16, QT.BF16):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    types = [tensor_type(p, qtype.tensor_type) for p in plans]
+    for plan, t in zip(plans, types, strict=True):
+        _check_source(plan)
+        w.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), nbytes(plan.shape, t), t)
+    progress.start(len(plans), sum(nbytes(p.shape, t) for p, t in zip(plans, types, strict=True)))
+    try:
+        w.open_output_file(Path(path))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        assert w.fout is not None and len(w.fout) == 1
+        out = w.fout[0]
+        w.write_padding(out, out.tell())
+        for plan, t in zip(plans, types, strict=True):
+            written = 0
+            for chunk in _chunks(plan, t):
+                out.write(memoryview(chunk).cast("B"))  # unlike tofile, keeps the errno
+                written += chunk.nbytes
+                progress.advance(0, chunk.nbytes)
+            assert written == nbytes(plan.shape, t), plan.name
+            w.write_padding(out, written)
+            progress.advance(1, 0)
+        out.flush()
+    finally:
+        w.close()
+        progress.end()
+
+
+def _check_source(plan: TensorPlan) -> None:
+    src = plan.source
+    if src is not None and src.dtype not in DTYPES:
+        raise BadInput(
+            f"tensor {src.name} is {src.dtype}; only F32, F16 and BF16 checkpoints are supported",
+            "quantized checkpoints (FP8, GPTQ, AWQ...) must be converted from their original",
+        )
+
+
+def _chunks(plan: TensorPlan, qtype: QT) -> Iterator[np.ndarray]:
+    """The tensor's bytes in `qtype`, a few rows at a time."""
+    if plan.data is not None:
+        array, stored = plan.data, "F32"
+    else:
+        assert plan.source is not None
+        array, stored = plan.source.array(), plan.source.dtype
+    if plan.layout is not None:
+        array = plan.layout(array)
+    array = array.reshape(1, -1) if array.ndim <= 1 else array
+    row = plan.shape[-1] if plan.shape else 1
+    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(array.shape[1:]))))
+    copy = plan.values is None and SAME_BYTES.get(stored) == qtype
+    for i in range(0, array.shape[0], step):
+        part = array[i : i + step]
+        if copy:
+            yield np.ascontiguousarray(part)
+            continue
+        values = to_f32(part, stored)
+        if plan.values is not None:
+            values = plan.values(values)
+        yield gguf.quants.quantize(values.reshape(-1, row), qtype)

