@@ -230,3 +230,14 @@ def test_sharded_checkpoint_gives_the_same_file(ckpt: Path, tmp_path: Path) -> N
     (ckpt / "model.safetensors").unlink()
     split = quantize(str(ckpt), type="F32", output=tmp_path / "split.gguf", check=False).path
     assert split.read_bytes() == whole.read_bytes()
+
+
+def test_eval_after_quantizing_reports_the_loss(ckpt: Path, tmp_path: Path, llmrun) -> None:
+    out = tmp_path / "tiny-q4km.gguf"
+    r = llmrun("quantize", str(ckpt), "--type", "Q4_K_M", "-o", str(out), "--eval")
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("Q4_K_M"))
+    # Against the F16/BF16 file it was quantized from, before that file was deleted.
+    assert "PPL" in line and "vs reference" in line and "KL" in line
+    assert not list(tmp_path.glob("*intermediate*"))

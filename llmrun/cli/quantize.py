@@ -124,6 +124,22 @@ class Bars(Notes):
             self._task = None
 
 
+EvalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--eval",
+        help="Afterwards, measure the loss: perplexity, and KL divergence against the file "
+        "it was quantized from (see llmrun eval).",
+    ),
+]
+
+
+def _evaluate(output: Path, reference: Path | None) -> object:
+    from llmrun.evaluate import evaluate
+
+    return evaluate(output, ref=reference)
+
+
 @app.command(
     "quantize",
     epilog="Types (--type):\n\n\b\n" + types_table(),
@@ -136,6 +152,7 @@ def quantize_cmd(
     keep_f16: KeepF16Opt = False,
     list_types: ListTypesOpt = False,
     no_check: NoCheckOpt = False,
+    eval: EvalOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
 
@@ -163,6 +180,7 @@ def quantize_cmd(
             keep_f16=keep_f16,
             check=not no_check,
             progress=progress,
+            evaluate=_evaluate if eval else None,
         )
     finally:
         progress.end()  # a live bar must not outlive an error
@@ -173,4 +191,7 @@ def quantize_cmd(
         )
     if result.intermediate is not None:
         err.print(f"kept {result.intermediate}", markup=False)
+    if result.evaluation is not None:
+        size = human_size(result.path.stat().st_size)
+        err.print(f"{result.quant} {size}: {result.evaluation.summary()}", markup=False)
     sys.stdout.write(f"{result.path}\n")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gguf import GGUFWriter
 
@@ -30,6 +31,9 @@ from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
 from llmrun.quantize.vocab import Reference, Vocab, load_vocab
 from llmrun.quantize.writer import write_gguf
 
+# A check run on the finished output against the file it was made from (or None).
+Evaluate = Callable[[Path, "Path | None"], Any]
+
 # GGUF file types llama.cpp quantizes from without loss of quality.
 REQUANTIZABLE = ("F32", "F16", "BF16")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -43,6 +47,7 @@ class Result:
     kept: bool = False  # the output existed and was left alone (no --force)
     intermediate: Path | None = None  # the F16/BF16 file, with keep_f16
     seconds: float = 0.0
+    evaluation: Any = None  # what the `evaluate` hook returned
 
 
 def quantize(
@@ -54,8 +59,14 @@ def quantize(
     keep_f16: bool = False,
     check: bool = True,
     progress: Progress | None = None,
+    evaluate: Evaluate | None = None,
 ) -> Result:
-    """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF)."""
+    """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
+
+    `evaluate(output, reference)` runs once the output is in place, while the
+    higher-precision file it was made from still exists (the input GGUF, or the
+    F16/BF16 intermediate; None for a direct conversion).
+    """
     progress = progress or Progress()
     qtype = get_type(type)
     source = find_source(model)
@@ -72,7 +83,7 @@ def quantize(
             progress.note(f"{out} exists: kept (--force to make it again)")
             return Result(out, source.name, qtype.name, kept=True)
         with _disk_errors(out):
-            result = job.make(qtype, out, keep_f16, check, progress)
+            result = job.make(qtype, out, keep_f16, check, progress, evaluate)
             if in_store:
                 _manifest(out, source, qtype, result.intermediate)
     result.seconds = time.monotonic() - started
@@ -99,7 +110,13 @@ class _Job:
         write_gguf(path, self.conv.arch_name, self.metadata, self.plans, qtype, progress)
 
     def make(
-        self, qtype: QuantType, out: Path, keep_f16: bool, check: bool, progress: Progress
+        self,
+        qtype: QuantType,
+        out: Path,
+        keep_f16: bool,
+        check: bool,
+        progress: Progress,
+        evaluate: Evaluate | None = None,
     ) -> Result:
         from llmrun.quantize.llama_quant import llama_quantize
 
@@ -109,6 +126,8 @@ class _Job:
                 progress.stage(f"quantizing to {qtype.name} with llama.cpp")
                 llama_quantize(self.source.path, tmp, qtype, progress)
                 _check(tmp, None, check, progress)
+            if evaluate:
+                result.evaluation = evaluate(out, self.source.path)
             return result
 
         assert self.vocab is not None and self.plans is not None
@@ -117,6 +136,8 @@ class _Job:
                 progress.stage(f"converting to {qtype.name}")
                 self.write(tmp, qtype, progress)
                 _check(tmp, self.vocab.reference, check, progress)
+            if evaluate:
+                result.evaluation = evaluate(out, None)
             return result
 
         # Beyond Q8_0: an intermediate file of the checkpoint's own precision, for llama.cpp.
@@ -131,6 +152,8 @@ class _Job:
                 progress.stage(f"quantizing to {qtype.name} with llama.cpp")
                 llama_quantize(inter, tmp, qtype, progress)
                 _check(tmp, self.vocab.reference, check, progress)
+            if evaluate:
+                result.evaluation = evaluate(out, inter)
         finally:
             if not keep_f16:
                 inter.unlink(missing_ok=True)
