@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from llmrun import generation
+from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
 from llmrun.cli.common import (
     LOAD_FLAGS,
     SAMPLING_FLAGS,
@@ -138,6 +139,9 @@ def run_command(
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
     no_pull: NoPullOpt = False,
+    batch: BatchOpt = None,
+    output: OutputOpt = None,
+    parallel: BatchParallelOpt = None,
 ) -> None:
     """One-shot generation; piped stdin is prepended to the prompt; the answer goes to stdout.
 
@@ -145,6 +149,8 @@ def run_command(
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
     flags = locals()
+    if batch is not None or output is not None or parallel is not None:
+        return batch_command(args or [], flags)
     model, words = split_model_and_prompt(args or [], pull=not no_pull)
     prompt = read_prompt(words)
     note_cpu_only(n_gpu_layers)

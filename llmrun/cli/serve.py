@@ -1,0 +1,110 @@
+"""`llmrun serve [MODEL]`: an OpenAI-compatible HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmrun.cli.common import (
+    LOAD_FLAGS,
+    SAMPLING_FLAGS,
+    CacheTypeKOpt,
+    CacheTypeVOpt,
+    CtxOpt,
+    FlashAttnOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelArg,
+    NglOpt,
+    RepeatPenaltyOpt,
+    SeedOpt,
+    StopOpt,
+    SystemOpt,
+    TempOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    VerboseOpt,
+    app,
+    err,
+    note_cpu_only,
+    pick,
+)
+from llmrun.cli.pull import NoPullOpt, progress_for_stderr
+from llmrun.errors import LlmrunError
+
+HostOpt = Annotated[
+    str,
+    typer.Option("--host", help="Address to listen on; anything but 127.0.0.1 exposes the model."),
+]
+PortOpt = Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")]
+ParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "-np", "--parallel", help="Requests decoded together; they share the context equally."
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="LLMRUN_API_KEY",
+        help="Require Authorization: Bearer KEY on every request. [env: LLMRUN_API_KEY]",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+
+
+@app.command("serve")
+def serve_command(
+    model: ModelArg = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    parallel: ParallelOpt = 4,
+    api_key: ApiKeyOpt = None,
+    system: SystemOpt = None,
+    n_gpu_layers: NglOpt = "auto",
+    ctx_size: CtxOpt = None,
+    threads: ThreadsOpt = None,
+    temp: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repeat_penalty: RepeatPenaltyOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    flash_attn: FlashAttnOpt = "auto",
+    cache_type_k: CacheTypeKOpt = "f16",
+    cache_type_v: CacheTypeVOpt = "f16",
+    verbose: VerboseOpt = False,
+    no_pull: NoPullOpt = False,
+) -> None:
+    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models.
+
+    The flags set the defaults; each request's own fields (temperature, max_tokens, ...) win.
+    Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 --parallel 8 -c 16384
+    """
+    flags = locals()
+    from llmrun.server import INSTALL_HINT, missing_extra
+
+    if missing_extra():
+        raise LlmrunError("llmrun serve needs the server extra", f"install it: {INSTALL_HINT}")
+    from llmrun.server.serve import serve
+
+    note_cpu_only(n_gpu_layers)
+    serve(
+        model,
+        host=host,
+        port=port,
+        parallel=parallel,
+        api_key=api_key,
+        system=system,
+        announce=lambda line: err.print(line, markup=False, highlight=False),
+        **pick(flags, SAMPLING_FLAGS),
+        **pick(flags, LOAD_FLAGS),
+        pull=not no_pull,
+        progress=progress_for_stderr(),
+    )
