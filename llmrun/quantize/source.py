@@ -16,22 +16,10 @@ from pathlib import Path
 from llmrun import store
 from llmrun.errors import BadModelFile, ModelNotFound
 from llmrun.registry import load_registry, split_tag
+from llmrun.repofiles import CHECKPOINT_FILES
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUANT_SUFFIX = re.compile(r"[-.](F32|F16|BF16|Q\d\w*|IQ\d\w*)$", re.IGNORECASE)
-# What converting needs from a cached repo (the rest, *.bin and friends, is ignored).
-CHECKPOINT_PATTERNS = [
-    "config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template*",
-    "generation_config.json",
-]
 
 
 @dataclass(frozen=True)
@@ -125,7 +113,7 @@ def _cached(repo: str, revision: str | None) -> Path | None:
             snapshot_download(
                 repo,
                 revision=revision,
-                allow_patterns=CHECKPOINT_PATTERNS,
+                allow_patterns=list(CHECKPOINT_FILES),
                 local_files_only=True,
             )
         )
