@@ -4,11 +4,15 @@
 
 Side by side, on the same GGUF with the same threads:
 - `llama-batched-bench` (built by llama_tools.py from the installed llama-cpp-python's
-  sources) at the same batch sizes, with llmrun's KV layout (-kvu: one pool for all
-  sequences) and with its default (a separate pool per sequence);
+  sources) at the same batch sizes, with its default KV layout (a stream per sequence,
+  llmrun's layout) and with -kvu (one pool for all sequences);
 - llama-cpp-python's own server (`python -m llama_cpp.server`), whose extra dependencies
   are installed into a folder of their own under the bench cache on first use;
 - `llmrun run`'s engine (Model.generate in this process), for the single-request case.
+
+Timings on a small shared machine drift by several percent from minute to minute, so
+llmrun serve, batched-bench and llmrun run take turns within each repetition, and each
+keeps its best.
 
 The table and the machine it ran on are printed and written to benchmarks/results/.
 See benchmarks/README.md for what each column measures.
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,14 +109,13 @@ def stream_completion(port: int, prompt: str, n_gen: int, out: Stream) -> None:
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+    # Kept lean (no JSON parsing per event): this client shares the cores with the server.
     for raw in resp:
-        line = raw.strip()
-        if not line.startswith(b"data:") or line == b"data: [DONE]":
+        if not raw.startswith(b"data: {"):
             continue
-        chunk = json.loads(line[5:])
-        if chunk.get("usage"):
-            out.tokens = chunk["usage"]["completion_tokens"]
-        if chunk.get("choices") and chunk["choices"][0].get("text"):
+        if b'"usage"' in raw and b'"usage":null' not in raw and b'"usage": null' not in raw:
+            out.tokens = json.loads(raw[6:])["usage"]["completion_tokens"]
+        elif b'"text":""' not in raw and b'"text": ""' not in raw:
             out.times.append(time.perf_counter())
     out.tokens = out.tokens or len(out.times)
     conn.close()
@@ -168,21 +172,28 @@ def wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float = 30
 
 
 def bench_server(
-    name: str, cmd: list[str], env: dict[str, str], port: int, health: str, args
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    health: str,
+    args,
+    between: Callable[[], None] = lambda: None,
 ) -> dict[int, Rate]:
+    """Best rate per client count over args.reps rounds; `between` runs after each round."""
     log(f"starting {name}")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, proc, health)
         concurrent_rate(port, 1, args.n_prompt, 8, salt=7)  # warm-up
-        rates = {}
-        for clients in args.clients:
-            runs = [
-                concurrent_rate(port, clients, args.n_prompt, args.n_gen, salt=r)
-                for r in range(args.reps)
-            ]
-            rates[clients] = max(runs, key=lambda r: r.e2e)
-            log(f"{name} x{clients}: {rates[clients]}")
+        rates: dict[int, Rate] = {}
+        for rep in range(args.reps):
+            for clients in args.clients:
+                rate = concurrent_rate(port, clients, args.n_prompt, args.n_gen, salt=rep)
+                log(f"{name} x{clients}: {rate}")
+                if clients not in rates or rate.e2e > rates[clients].e2e:
+                    rates[clients] = rate
+            between()
         return rates
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -196,12 +207,12 @@ def bench_server(
 # ---------------------------------------------------------------- the contenders
 
 
-def llmrun_serve(model: Path, args) -> dict[int, Rate]:
+def llmrun_serve(model: Path, args, between: Callable[[], None]) -> dict[int, Rate]:
     port = free_port()
     top = max(args.clients)
     cmd = [sys.executable, "-m", "llmrun", "serve", str(model), "--port", str(port)]
     cmd += ["-t", str(args.threads), "--parallel", str(top), "-c", str(top * args.slot_ctx)]
-    return bench_server("llmrun serve", cmd, dict(os.environ), port, "/health", args)
+    return bench_server("llmrun serve", cmd, dict(os.environ), port, "/health", args, between)
 
 
 def lcpp_deps() -> Path:
@@ -225,8 +236,8 @@ def lcpp_server(model: Path, args) -> dict[int, Rate]:
     return bench_server("llama_cpp.server", cmd, env, port, "/v1/models", args)
 
 
-def batched_bench(model: Path, args, unified: bool) -> dict[int, float]:
-    """S_TG (generation tokens/s over all sequences) per batch size."""
+def batched_bench(model: Path, args, unified: bool, best: dict[int, float]) -> None:
+    """One run: S_TG (generation tokens/s over all sequences) per batch size, into `best`."""
     tool = build_tool("llama-batched-bench")
     top = max(args.clients)
     cmd = [str(tool), "-m", str(model), "-t", str(args.threads), "-c", str(top * args.slot_ctx)]
@@ -237,30 +248,46 @@ def batched_bench(model: Path, args, unified: bool) -> dict[int, float]:
     if unified:
         cmd.append("-kvu")
     log(" ".join(cmd))
-    best: dict[int, float] = {}
-    for _ in range(args.reps):
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("{"):
-                row = json.loads(line)
-                best[row["pl"]] = max(best.get(row["pl"], 0.0), row["speed_tg"])
-    log(f"batched-bench{' -kvu' if unified else ''} S_TG: {best}")
-    return best
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    speeds = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            speeds[row["pl"]] = row["speed_tg"]
+            best[row["pl"]] = max(best.get(row["pl"], 0.0), row["speed_tg"])
+    log(f"batched-bench{' -kvu' if unified else ''} S_TG: {speeds}")
 
 
 def llmrun_run(model: Path, args) -> float:
-    """Generation tokens/s of one request through the single-sequence engine (llmrun run)."""
-    engine = load_model(model, Load(ctx_size=args.slot_ctx, threads=args.threads))
-    tokens = engine.tokenize(counting_prompt(100, args.n_prompt), add_special=True)
-    greedy = Sampling(temp=0.0, max_tokens=args.n_gen)
+    """Generation tokens/s of one request through the single-sequence engine (llmrun run).
+
+    In a child process, so that this one never holds a second copy of the model.
+    """
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import bench_serve as b; "
+        "print(b.llmrun_run_here(*sys.argv[2:]))"
+    )
+    here = str(Path(__file__).resolve().parent)
+    cmd = [sys.executable, "-c", code, here, str(model), str(args.slot_ctx), str(args.threads)]
+    cmd += [str(args.n_prompt), str(args.n_gen)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rate = float(out.split()[-1])
+    log(f"llmrun run: {rate:.1f} tokens/s")
+    return rate
+
+
+def llmrun_run_here(model: str, ctx: str, threads: str, n_prompt: str, n_gen: str) -> float:
+    engine = load_model(Path(model), Load(ctx_size=int(ctx), threads=int(threads)))
+    tokens = engine.tokenize(counting_prompt(100, int(n_prompt)), add_special=True)
+    greedy = Sampling(temp=0.0, max_tokens=int(n_gen))
     rates = []
-    for _ in range(args.reps + 1):
+    for _ in range(2):  # a warm-up, then the one measured
         engine.reset()
         for _piece in engine.generate(tokens, greedy, ignore_eos=True):
             pass
         rates.append(engine.stats.gen_tps)
     engine.close()
-    return max(rates[1:])
+    return rates[-1]
 
 
 # ---------------------------------------------------------------- report
@@ -302,11 +329,20 @@ def main() -> None:
         log(f"warning: load average {os.getloadavg()[0]:.2f}; timings will be unreliable")
     noise = Noise()
 
-    ours = llmrun_serve(model, args)
-    bb_kvu = batched_bench(model, args, unified=True) if "batched" not in skip else {}
-    bb = batched_bench(model, args, unified=False) if "batched" not in skip else {}
+    bb: dict[int, float] = {}
+    bb_kvu: dict[int, float] = {}
+    singles: list[float] = []
+
+    def others() -> None:  # between llmrun serve's rounds, while its server idles
+        if "batched" not in skip:
+            batched_bench(model, args, False, bb)
+            batched_bench(model, args, True, bb_kvu)
+        if "run" not in skip:
+            singles.append(llmrun_run(model, args))
+
+    ours = llmrun_serve(model, args, others)
+    single = max(singles, default=0.0)
     lcpp = lcpp_server(model, args) if "lcpp" not in skip else {}
-    single = llmrun_run(model, args) if "run" not in skip else 0.0
 
     def num(x: float | None) -> str:
         return f"{x:.1f}" if x else "-"
@@ -318,9 +354,9 @@ def main() -> None:
         [
             "clients",
             "llmrun decode",
-            "batched-bench -kvu",
-            "ratio",
             "batched-bench",
+            "ratio",
+            "batched-bench -kvu",
             "ratio",
             "llmrun e2e",
             "llama_cpp.server e2e",
@@ -333,10 +369,10 @@ def main() -> None:
             [
                 str(c),
                 num(r.decode),
-                num(bb_kvu.get(c)),
-                ratio(r.decode, bb_kvu.get(c)),
                 num(bb.get(c)),
                 ratio(r.decode, bb.get(c)),
+                num(bb_kvu.get(c)),
+                ratio(r.decode, bb_kvu.get(c)),
                 num(r.e2e),
                 num(lc.e2e if lc else None),
                 ratio(r.e2e, lc.e2e if lc else None),
@@ -346,6 +382,7 @@ def main() -> None:
         "all numbers are generation tokens/s summed over the concurrent requests",
         "llmrun decode: tokens after every request had its first / time from then to the last",
         "  token, read from the SSE streams; comparable to batched-bench's S_TG",
+        "batched-bench: a KV stream per sequence, as llmrun; -kvu: one shared KV pool",
         "e2e: all generated tokens / wall time from sending the requests to the last token",
     ]
     if single:

@@ -46,6 +46,8 @@ FINISH_REASONS = {
     "error": "stop",
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PIECE = "\0piece\0"  # stands for the text in a streamed event's ready-made frame
+PIECE_JSON = json.dumps(PIECE)
 
 
 # ---------------------------------------------------------------- plumbing
@@ -371,11 +373,18 @@ class Api:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return sse({**head, "choices": choices, **extra})
 
+        # One event per token: made from a ready frame around the piece's own JSON.
+        frames = [
+            chunk([self._delta(i, PIECE, None, chat)]).split(PIECE_JSON)
+            for i in range(len(handles))
+        ]
+
         async def events() -> AsyncIterator[str]:
             if chat:
                 yield chunk([self._delta(i, "", None, chat, True) for i in range(len(handles))])
             async for i, piece in merged(handles):
-                yield chunk([self._delta(i, piece, None, chat)])
+                before, after = frames[i]
+                yield before + json.dumps(piece, ensure_ascii=False) + after
             failure = engine_failure(handles, self.shutting_down)
             if failure:
                 yield sse(failure.body())
