@@ -272,3 +272,11 @@ def test_gpu_layers_on_a_cpu_only_build(llmrun, smollm2: Path) -> None:
     if noted:
         assert "GGML_CUDA=on" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_usage_errors_exit_2_without_a_traceback(llmrun) -> None:
+    for args in (("nosuchcommand",), ("run", "--nosuchoption", "x")):
+        r = llmrun(*args)
+        assert r.code == 2, r.stderr
+        assert "Traceback" not in r.stderr and "unexpected" not in r.stderr
+        assert "No such" in r.stderr

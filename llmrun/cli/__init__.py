@@ -20,6 +20,16 @@ from llmrun.cli import chat, info, models, pull, quantize, run, serve, bench, ev
 
 EXIT_INTERRUPTED = 130
 
+# Typer 0.26 and later carry their own copy of click: catch usage errors and aborts from both.
+USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)
+ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+try:
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    USAGE_ERRORS += (_TyperClickException,)
+except ImportError:
+    pass
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn failures into one line."""
@@ -31,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print_error(str(e))
         code = e.exit_code
-    except click.exceptions.Abort:
+    except ABORTS:
         code = EXIT_INTERRUPTED
-    except click.ClickException as e:
+    except USAGE_ERRORS as e:
         if debug:
             raise
         e.show()
