@@ -26,7 +26,7 @@ import llama_cpp
 
 from llmrun.engine import Model, load_model
 from llmrun.engine.model import extra_buffers_safe
-from llmrun.engine.system import backends
+from llmrun.engine.system import devices
 from llmrun.errors import BadOption, EngineError, LlmrunError
 from llmrun.generation import Prepared, prepare
 from llmrun.ggufinfo import format_count, read_info
@@ -102,6 +102,7 @@ def bench(
     threads: int | None = None,
     n_gpu_layers: str | int = "auto",
     flash_attn: str = "auto",
+    rpc: str | None = None,
     vs_llama_bench: bool = False,
     progress: Progress | None = None,
 ) -> list[Row]:
@@ -115,6 +116,8 @@ def bench(
         raise BadOption(
             f"-p/--n-prompt and -n/--n-gen must be >= 0 and not both 0, got {n_prompt}, {n_gen}"
         )
+    if vs_llama_bench and rpc:
+        raise BadOption("--vs-llama-bench does not go with --rpc", "measure the two apart")
     tool = find_llama_bench() if vs_llama_bench else None
     if vs_llama_bench and tool is None:
         raise LlmrunError(f"{LLAMA_BENCH} not found on PATH or in {tool_dir()}", BUILD_HINT)
@@ -127,6 +130,7 @@ def bench(
             ctx_size=n_prompt + n_gen + 1,
             threads=threads,
             flash_attn=flash_attn,
+            rpc=rpc,
             pull=False,  # a benchmark never starts a download
         )
         for m in models or [None]
@@ -210,7 +214,8 @@ def measure(
 def _row_base(p: Prepared, model: Model, repetitions: int) -> Row:
     info = read_info(p.resolved.path)
     ngl = model.plan.n_gpu_layers
-    gpu = [b for b in backends() if b != "CPU"]
+    # The backends of the devices layers can go to: CUDA, Metal, RPC (workers), ...
+    gpu = sorted({d.get("backend") or "?" for d in devices() if d.get("type") in ("gpu", "igpu")})
     return Row(
         model=p.resolved.name,
         quant=p.resolved.quant or info.quant,

@@ -55,5 +55,9 @@ class EngineError(LlmrunError):
     """llama.cpp refused to load or run something."""
 
 
+class WorkerError(LlmrunError):
+    """An RPC worker could not be reached, or was lost mid-generation."""
+
+
 class HubError(LlmrunError):
     """The Hugging Face Hub could not give us a model: network, access, a bad download."""

@@ -19,7 +19,7 @@ from llmrun.engine.chat import ChatTemplate, Message
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
-from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers
+from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers, parse_rpc
 from llmrun.resolve import ResolvedModel, resolve_model
 
 FORMATS = ("json",)
@@ -46,6 +46,7 @@ def prepare(
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
     verbose: bool = False,
+    rpc: str | None = None,
     pull: bool = True,
     progress: Any = None,
     **sampling_flags: Any,
@@ -85,6 +86,7 @@ def prepare(
             cache_type_k=cache_type_k,
             cache_type_v=cache_type_v,
             verbose=verbose,
+            rpc=parse_rpc(rpc),
         )
     )
     return Prepared(resolved, load, Sampling().merged(params), params.get("system"))

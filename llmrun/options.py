@@ -118,6 +118,7 @@ UNQUANTIZED_CACHE = ("f32", "f16", "bf16")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 GPU_LAYERS_WORDS = ("auto", "all")
 DEFAULT_CTX = 4096
+DEFAULT_RPC_PORT = 50052  # llama.cpp rpc-server's
 
 
 def default_threads() -> int:
@@ -137,6 +138,7 @@ class Load:
     cache_type_v: str = "f16"
     verbose: bool = False
     parallel: int = 1  # sequences decoded together (serve, --batch)
+    rpc: tuple[str, ...] = ()  # RPC workers, host:port, whose devices take layers too
 
 
 def parse_gpu_layers(text: str) -> int | str:
@@ -153,6 +155,33 @@ def parse_gpu_layers(text: str) -> int | str:
     if n < 0:
         raise BadOption(f"-ngl/--n-gpu-layers must be >= 0, got {n}")
     return n
+
+
+def parse_rpc(text: str | None) -> tuple[str, ...]:
+    """`--rpc host[:port][,host[:port]...]` -> ("host:port", ...), checked."""
+    if not text:
+        return ()
+    endpoints: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        host, sep, port_text = part.rpartition(":")
+        if not sep:
+            host, port_text = part, str(DEFAULT_RPC_PORT)
+        if not host or "/" in host or ":" in host:
+            raise BadOption(
+                f"--rpc: {part!r} is not host:port",
+                "give workers as host:port[,host:port...] (IPv4 or a host name)",
+            )
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            raise BadOption(f"--rpc: bad port in {part!r}", "ports are 1 to 65535")
+        endpoint = f"{host}:{port}"
+        if endpoint not in endpoints:
+            endpoints.append(endpoint)
+    return tuple(endpoints)
 
 
 def check_load(load: Load) -> Load:

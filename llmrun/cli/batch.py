@@ -53,7 +53,7 @@ def batch_command(args: list[str], flags: dict[str, Any]) -> None:
         raise BadInput(f"-o {flags['output']} is a directory")
     if flags.get("parallel") is not None and flags["parallel"] < 1:
         raise BadInput(f"--parallel must be >= 1, got {flags['parallel']}")
-    note_cpu_only(flags["n_gpu_layers"])
+    note_cpu_only(flags["n_gpu_layers"], flags.get("rpc"))
     summary = run_batch(
         args[0] if args else None,
         flags["batch"],

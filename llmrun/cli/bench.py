@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from llmrun import bench
-from llmrun.cli.common import FlashAttnOpt, NglOpt, ThreadsOpt, app, err, note_cpu_only
+from llmrun.cli.common import FlashAttnOpt, NglOpt, RpcOpt, ThreadsOpt, app, err, note_cpu_only
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[
@@ -43,6 +43,7 @@ def bench_cmd(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = "auto",
     flash_attn: FlashAttnOpt = "auto",
+    rpc: RpcOpt = None,
     vs_llama_bench: VsOpt = False,
     json: JsonFmt = False,
     csv: CsvFmt = False,
@@ -58,7 +59,7 @@ def bench_cmd(
     chosen = [name for name, on in (("json", json), ("csv", csv), ("md", md)) if on]
     if len(chosen) > 1:
         raise BadOption(f"choose one output format, got --{' and --'.join(chosen)}")
-    note_cpu_only(n_gpu_layers)
+    note_cpu_only(n_gpu_layers, rpc)
     # A spinner that says which model and test is running, only for a person at a terminal.
     status = err.status("bench") if err.is_terminal else contextlib.nullcontext()
     with status as shown:
@@ -70,6 +71,7 @@ def bench_cmd(
             threads=threads,
             n_gpu_layers=n_gpu_layers,
             flash_attn=flash_attn,
+            rpc=rpc,
             vs_llama_bench=vs_llama_bench,
             progress=shown.update if shown is not None else None,
         )

@@ -36,6 +36,7 @@ from llmrun.cli.common import (
     ModelArg,
     NglOpt,
     RepeatPenaltyOpt,
+    RpcOpt,
     SeedOpt,
     StopOpt,
     SystemOpt,
@@ -409,6 +410,7 @@ def chat_command(
     cache_type_k: CacheTypeKOpt = "f16",
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
+    rpc: RpcOpt = None,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
 
@@ -419,9 +421,12 @@ def chat_command(
     """
     flags = locals()
     prepared = generation.prepare(
-        model, system=system, **pick(flags, SAMPLING_FLAGS), **pick(flags, LOAD_FLAGS)
+        model,
+        system=system,
+        **pick(flags, SAMPLING_FLAGS),
+        **pick(flags, LOAD_FLAGS),
     )
-    note_cpu_only(n_gpu_layers)
+    note_cpu_only(n_gpu_layers, rpc)
     interactive = sys.stdin.isatty() and not batch
     if not interactive:
         text = sys.stdin.read() if batch else None

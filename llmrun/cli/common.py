@@ -152,24 +152,35 @@ DraftModelOpt = Annotated[
         show_default=False,
     ),
 ]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        help="RPC workers (`llmrun worker`) that take layers too: host:port[,host:port...].",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 VerboseOpt = Annotated[
     bool, typer.Option("-v", "--verbose", help="Timings and llama.cpp's logs on stderr.")
 ]
 
 GPU_INSTALL_HINT = (
-    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
+    '"llama-cpp-python>=0.3.36,<0.4"'
 )
 
 
-def note_cpu_only(n_gpu_layers: str) -> None:
-    """-ngl asked for GPU layers on a build that has no GPU backend: say so once."""
-    import llama_cpp
+def note_cpu_only(n_gpu_layers: str, rpc: str | None = None) -> None:
+    """-ngl asked for GPU layers where there is nothing to put them on: say so once."""
+    if rpc or parse_gpu_layers(n_gpu_layers) in ("auto", 0):
+        return
+    from llmrun.engine.system import devices
 
-    if parse_gpu_layers(n_gpu_layers) in ("auto", 0) or llama_cpp.llama_supports_gpu_offload():
+    if any(d.get("type") in ("gpu", "igpu") for d in devices()):
         return
     err.print(
-        f"note: this llama-cpp-python build has no GPU support, so -ngl {n_gpu_layers} is ignored; "
+        f"note: llama.cpp sees no GPU here, so -ngl {n_gpu_layers} is ignored; "
         f"for CUDA: {GPU_INSTALL_HINT}",
         style="yellow",
         markup=False,
@@ -185,6 +196,7 @@ LOAD_FLAGS = (
     "cache_type_k",
     "cache_type_v",
     "verbose",
+    "rpc",
 )
 
 

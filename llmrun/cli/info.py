@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from llmrun.cli.common import JsonOpt, app, print_json
+from dataclasses import asdict
+
+from llmrun.cli.common import JsonOpt, RpcOpt, app, print_json
 from llmrun.cli.models import human_size, print_fields, print_table
 
 
 @app.command("info")
-def info_cmd(json: JsonOpt = False) -> None:
-    """Show llama.cpp's version, backends, devices and llmrun's paths."""
-    from llmrun.engine.system import system_info  # loads llama.cpp: only when asked
+def info_cmd(json: JsonOpt = False, rpc: RpcOpt = None) -> None:
+    """Show llama.cpp's version, backends, devices and llmrun's paths.
 
+    With --rpc, each worker's devices are listed too (RPC0, RPC1, ...), as -ngl will see them.
+    """
+    from llmrun.engine import rpc as rpc_backend  # loads llama.cpp: only when asked
+    from llmrun.engine.system import system_info
+    from llmrun.options import parse_rpc
+
+    workers = rpc_backend.attach(parse_rpc(rpc))
     info = system_info()
+    info["rpc"] = rpc_backend.available()
+    info["rpc_workers"] = [asdict(w) for w in workers]
     if json:
         print_json(info)
         return
@@ -27,6 +37,7 @@ def info_cmd(json: JsonOpt = False) -> None:
             ("ggml", ggml),
             ("backends", ", ".join(info["backends"]) or None),
             ("gpu offload", "yes" if info["supports_gpu_offload"] else "no"),
+            ("rpc", "yes" if info["rpc"] else "no (see README: RPC workers)"),
             ("cpu features", flags or None),
             ("threads", f"{info['default_threads']} (of {info['cpu_count']} cores)"),
             ("LLMRUN_HOME", info["llmrun_home"]),

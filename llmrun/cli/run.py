@@ -26,6 +26,7 @@ from llmrun.cli.common import (
     NglOpt,
     RawOpt,
     RepeatPenaltyOpt,
+    RpcOpt,
     SeedOpt,
     StopOpt,
     SystemOpt,
@@ -136,6 +137,7 @@ def run_command(
     cache_type_k: CacheTypeKOpt = "f16",
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
+    rpc: RpcOpt = None,
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
     no_pull: NoPullOpt = False,
@@ -153,7 +155,7 @@ def run_command(
         return batch_command(args or [], flags)
     model, words = split_model_and_prompt(args or [], pull=not no_pull)
     prompt = read_prompt(words)
-    note_cpu_only(n_gpu_layers)
+    note_cpu_only(n_gpu_layers, rpc)
     answer = generation.run(
         model,
         prompt,

@@ -18,6 +18,7 @@ from llmrun.cli.common import (
     ModelArg,
     NglOpt,
     RepeatPenaltyOpt,
+    RpcOpt,
     SeedOpt,
     StopOpt,
     SystemOpt,
@@ -80,6 +81,7 @@ def serve_command(
     cache_type_k: CacheTypeKOpt = "f16",
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
+    rpc: RpcOpt = None,
     no_pull: NoPullOpt = False,
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models.
@@ -94,7 +96,7 @@ def serve_command(
         raise LlmrunError("llmrun serve needs the server extra", f"install it: {INSTALL_HINT}")
     from llmrun.server.serve import serve
 
-    note_cpu_only(n_gpu_layers)
+    note_cpu_only(n_gpu_layers, rpc)
     serve(
         model,
         host=host,

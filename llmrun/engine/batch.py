@@ -31,11 +31,11 @@ from pathlib import Path
 
 import llama_cpp
 
-from llmrun.engine import logs
+from llmrun.engine import logs, rpc
 from llmrun.engine.model import Model
 from llmrun.engine.sampling import build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
-from llmrun.errors import ContextOverflow
+from llmrun.errors import ContextOverflow, WorkerError
 from llmrun.options import Load, Sampling
 
 MIN_SHARED_PREFIX = 8  # below this, copying cells saves less than it costs to think about
@@ -145,6 +145,9 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.model.n_batch, 0, 1)
         self.steps = 0
         self.generated = 0
+        self.failure: str | None = None  # why the engine thread can no longer run
+        if load.rpc:
+            rpc.on_lost(self.fail)
 
     # ------------------------------------------------------------ public API
 
@@ -156,6 +159,8 @@ class BatchEngine:
 
     def stop(self, cancel: bool = False) -> None:
         """Finish (or cancel) what is in flight, then stop the thread."""
+        if self.failure:
+            return  # the thread is stuck inside llama.cpp, which still holds the context
         if cancel:
             with self._lock:
                 for h in [*self._waiting, *(s.handle for s in self._slots if s.handle)]:
@@ -176,6 +181,8 @@ class BatchEngine:
                 f"holds {self.slot_ctx}",
                 "raise -c/--ctx-size, lower --parallel, or shorten the prompt",
             )
+        if self.failure:
+            raise WorkerError(self.failure, rpc.LOST_REMEDY)
         if self._draining or not self._running:
             raise RuntimeError("the engine is not running")
         handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar))
@@ -183,6 +190,21 @@ class BatchEngine:
             self._waiting.append(handle)
         self._wake.set()
         return handle
+
+    def fail(self, message: str) -> None:
+        """The engine thread is stuck for good (a lost RPC worker): end every request now.
+
+        Called from llama.cpp's RPC thread. Nothing here touches llama.cpp: the
+        stuck decode still holds the context.
+        """
+        with self._lock:
+            self.failure = message
+            handles = [*self._waiting, *(s.handle for s in self._slots if s.handle)]
+            self._waiting.clear()
+        for handle in handles:
+            handle.error = message
+            handle.finish_reason = "error"
+            handle._push(_DONE)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

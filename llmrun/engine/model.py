@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from llmrun.engine import logs, system
+from llmrun.engine import logs, rpc, system
 from llmrun.engine.offload import (
     CONTEXT_STEP,
     Device,
@@ -138,6 +138,8 @@ class Model:
             llama_cpp.llama_backend_init()
             _backend["ready"] = True
 
+        if load.rpc:  # before planning: their devices take layers too
+            rpc.attach(load.rpc)
         self.plan = plan_for(path, load)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = self.plan.n_gpu_layers
@@ -182,6 +184,8 @@ class Model:
         self.n_batch = cparams.n_batch
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
+        if load.rpc:
+            rpc.harden()  # the connections the loaded model holds now exist
         self.stats.load_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------ lifetime

@@ -43,6 +43,10 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
         (_vp, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)),
     ),
     "ggml_backend_dev_backend_reg": (_vp, (_vp,)),
+    "ggml_backend_reg_by_name": (_vp, (ctypes.c_char_p,)),
+    "ggml_backend_reg_get_proc_address": (_vp, (_vp, ctypes.c_char_p)),
+    "ggml_backend_register": (None, (_vp,)),
+    "ggml_set_abort_callback": (_vp, (_vp,)),
 }
 
 
@@ -57,7 +61,7 @@ def _libraries() -> list[ctypes.CDLL]:
     return libs
 
 
-def _bind(name: str) -> Any | None:
+def bind(name: str) -> Any | None:
     """A fresh ctypes function for `name` (not the shared attribute llama_cpp may use)."""
     restype, argtypes = _SIGNATURES[name]
     proto = ctypes.CFUNCTYPE(restype, *argtypes)
@@ -89,7 +93,7 @@ def parse_features(text: str) -> dict[str, dict[str, str]]:
 
 def devices() -> list[dict[str, Any]]:
     """The ggml backend devices: name, description, type, backend, free/total memory."""
-    fns = {name: _bind(name) for name in _SIGNATURES if name.startswith("ggml_backend_")}
+    fns = {name: bind(name) for name in _SIGNATURES if name.startswith("ggml_backend_")}
     count, get = fns["ggml_backend_dev_count"], fns["ggml_backend_dev_get"]
     if count is None or get is None:
         return []
@@ -119,8 +123,8 @@ def devices() -> list[dict[str, Any]]:
 
 def backends() -> list[str]:
     """The registered ggml backends ("CPU", "CUDA", "Metal", ...)."""
-    count, get = _bind("ggml_backend_reg_count"), _bind("ggml_backend_reg_get")
-    name = _bind("ggml_backend_reg_name")
+    count, get = bind("ggml_backend_reg_count"), bind("ggml_backend_reg_get")
+    name = bind("ggml_backend_reg_name")
     if count is None or get is None or name is None:
         return []
     return [n for i in range(count()) if (n := _text(name(get(i))))]
@@ -130,8 +134,9 @@ def system_info() -> dict[str, Any]:
     """Everything `llmrun info` shows, as plain JSON-ready values."""
     # A GPU backend logs while it starts; keep that off the terminal.
     logs.install()
-    version, commit = _bind("ggml_version"), _bind("ggml_commit")
+    version, commit = bind("ggml_version"), bind("ggml_commit")
     raw = _text(llama_cpp.llama_print_system_info()) or ""
+    found = devices()
     from huggingface_hub import constants as hf_constants  # read env at import: import late
 
     return {
@@ -140,8 +145,9 @@ def system_info() -> dict[str, Any]:
         "ggml_version": _text(version()) if version else None,
         "ggml_commit": _text(commit()) if commit else None,
         "backends": backends(),
-        "devices": devices(),
-        "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "devices": found,
+        # llama.cpp's llama_supports_gpu_offload() is true for any RPC build; say what is here.
+        "supports_gpu_offload": any(d.get("type") in ("gpu", "igpu") for d in found),
         "supports_mmap": bool(llama_cpp.llama_supports_mmap()),
         "supports_mlock": bool(llama_cpp.llama_supports_mlock()),
         "features": parse_features(raw),

@@ -208,6 +208,11 @@ class Api:
     # ------------------------------------------------------------ small endpoints
 
     async def health(self, _: Request) -> JSONResponse:
+        if self.engine.failure:
+            return JSONResponse(
+                {"status": "error", "error": self.engine.failure, "model": self.model_name},
+                status_code=503,
+            )
         return JSONResponse({"status": "ok", "model": self.model_name, **self.engine.stats()})
 
     def model_object(self) -> dict[str, Any]:
@@ -295,6 +300,8 @@ class Api:
         return self._submit(req, prompts)
 
     def _submit(self, req: schemas.Generate, prompts: list[list[int]]) -> list[Handle]:
+        if self.engine.failure:
+            raise ApiError(503, f"{self.engine.failure}; restart llmrun serve", code="unavailable")
         sampling = self.sampling.merged(req.sampling)
         handles: list[Handle] = []
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from llmrun.engine import rpc
 from llmrun.engine.batch import BatchEngine
 from llmrun.errors import BadInput, BadOption
 from llmrun.generation import prepare
@@ -90,6 +91,13 @@ def serve(
     sock = listen(host, port)
     with contextlib.closing(sock):
         engine = BatchEngine(prepared.resolved.path, prepared.load, parallel)
+        if prepared.load.rpc:
+            rpc.on_lost(
+                lambda message: announce(
+                    f"error: {message}; requests now get 503: restart llmrun serve "
+                    "once the worker is back"
+                )
+            )
         app = create_app(
             engine,
             prepared.resolved.name,
