@@ -112,7 +112,9 @@ def stop_server(server: Server) -> int:
 @pytest.fixture(scope="module")
 def server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("serve")
-    srv = start_server(smollm2, home, "--parallel", str(PARALLEL), "-c", str(PARALLEL * 512))
+    srv = start_server(
+        smollm2, home, "--parallel", str(PARALLEL), "-c", str(PARALLEL * 512), "--embeddings"
+    )
     yield srv
     assert stop_server(srv) == 0, srv.stderr.read_text()
 
@@ -350,7 +352,10 @@ BAD_REQUESTS = [
         400,
         "response_format",
     ),
-    ("/v1/embeddings", {"input": "hello"}, 400, "model"),
+    ("/v1/embeddings", {"input": "hello", "encoding_format": "hex"}, 400, "encoding_format"),
+    ("/v1/embeddings", {"input": []}, 400, "input"),
+    ("/v1/embeddings", {"input": [[1, 2, 10**9]]}, 400, "input"),
+    ("/v1/embeddings", {"input": "hi " * 3000}, 400, "input"),
     ("/v1/nothing-here", {}, 404, None),
 ]
 
@@ -497,3 +502,81 @@ def test_completion_prompts_in_every_shape():
     assert parse_completion({"prompt": ["a", "b"]}).prompts == ["a", "b"]
     assert parse_completion({"prompt": [1, 2, 3]}).prompts == [[1, 2, 3]]
     assert parse_completion({"prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
+
+
+# ---------------------------------------------------------------- embeddings
+
+TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply on Monday.", "A kitten naps."]
+
+
+def test_embeddings_are_unit_vectors_in_both_encodings(server: Server):
+    import numpy as np
+
+    # The openai client asks for base64 and decodes it; a raw request asks for floats.
+    got = server.client().embeddings.create(model="any", input=TEXTS)
+    assert [d.index for d in got.data] == [0, 1, 2]
+    vectors = np.array([d.embedding for d in got.data])
+    assert vectors.shape == (3, 576)  # SmolLM2-135M's hidden size
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert got.usage.prompt_tokens == got.usage.total_tokens > 10
+    status, raw = server.request(
+        "POST", "/v1/embeddings", json.dumps({"input": TEXTS, "encoding_format": "float"}).encode()
+    )
+    assert status == 200, raw
+    floats = np.array([d["embedding"] for d in raw["data"]])
+    assert np.array_equal(floats.astype(np.float32), vectors.astype(np.float32))
+    # One at a time, or as token ids: the same vectors.
+    alone = server.client().embeddings.create(model="any", input=TEXTS[1]).data[0].embedding
+    assert np.array_equal(np.array(alone), vectors[1])
+
+
+def test_embeddings_of_token_ids_equal_those_of_the_text(server: Server, smollm2: Path):
+    import numpy as np
+
+    from llmrun.engine.model import Model
+    from llmrun.options import Load
+
+    with Model(smollm2, Load(ctx_size=256, threads=1)) as model:
+        ids = model.tokenize(TEXTS[0], add_special=True)
+    client = server.client()
+    by_text = client.embeddings.create(model="any", input=TEXTS[0]).data[0].embedding
+    by_ids = client.embeddings.create(model="any", input=[ids]).data[0].embedding
+    assert np.array_equal(np.array(by_text), np.array(by_ids))
+
+
+def test_embeddings_equal_transformers_mean_pooling(server: Server, smollm2: Path):
+    # An independent reference: the checkpoint derived from the same GGUF, run by
+    # transformers, its final hidden states (after the last norm) averaged over the tokens.
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    from llmrun.engine.model import Model
+    from llmrun.options import Load
+    from tests.quantize_fixtures import smollm2_checkpoint
+
+    reference = AutoModel.from_pretrained(smollm2_checkpoint(), torch_dtype=torch.float32)
+    with Model(smollm2, Load(ctx_size=256, threads=1)) as model:
+        token_lists = [model.tokenize(t, add_special=True) for t in TEXTS]
+    ours = np.array(
+        [d.embedding for d in server.client().embeddings.create(model="any", input=TEXTS).data]
+    )
+    for tokens, vector in zip(token_lists, ours, strict=True):
+        with torch.no_grad():
+            hidden = reference(torch.tensor([tokens])).last_hidden_state[0].mean(dim=0).numpy()
+        theirs = hidden / np.linalg.norm(hidden)
+        assert float(vector @ theirs) > 0.995
+    # And they mean something: the two sentences about cats are the closest pair.
+    sims = ours @ ours.T
+    assert sims[0, 2] > sims[0, 1] and sims[0, 2] > sims[1, 2]
+
+
+def test_embeddings_need_the_flag(smollm2: Path, tmp_path: Path):
+    srv = start_server(smollm2, tmp_path / "home", key=None)
+    try:
+        status, reply = srv.request("POST", "/v1/embeddings", b'{"input": "hi"}', key=None)
+        assert status == 400
+        assert reply["error"]["code"] == "embeddings_not_supported"
+        assert "--embeddings" in reply["error"]["message"]
+    finally:
+        assert stop_server(srv) == 0

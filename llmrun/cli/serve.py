@@ -46,6 +46,13 @@ ParallelOpt = Annotated[
         "-np", "--parallel", help="Requests decoded together; they share the context equally."
     ),
 ]
+EmbeddingsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--embeddings",
+        help="Also answer /v1/embeddings, from a second context on the same weights.",
+    ),
+]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -65,6 +72,7 @@ def serve_command(
     port: PortOpt = 8080,
     parallel: ParallelOpt = 4,
     api_key: ApiKeyOpt = None,
+    embeddings: EmbeddingsOpt = False,
     system: SystemOpt = None,
     n_gpu_layers: NglOpt = "auto",
     ctx_size: CtxOpt = None,
@@ -103,6 +111,7 @@ def serve_command(
         port=port,
         parallel=parallel,
         api_key=api_key,
+        embeddings=embeddings,
         system=system,
         announce=lambda line: err.print(line, markup=False, highlight=False),
         **pick(flags, SAMPLING_FLAGS),

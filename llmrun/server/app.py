@@ -9,6 +9,7 @@ away mid-answer has its sequence cancelled at once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import secrets
@@ -26,13 +27,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrun.engine.chat import ChatTemplate
-from llmrun.errors import BadInput
+from llmrun.errors import BadInput, ContextOverflow
 from llmrun.options import Sampling
 from llmrun.server import schemas
 from llmrun.server.openai_errors import HANDLERS, ApiError, error_body
 
 if TYPE_CHECKING:
     from llmrun.engine.batch import BatchEngine, Handle
+    from llmrun.engine.embed import Embedder
 
 MAX_BODY = 4 << 20  # bytes; larger bodies get 413
 DRAIN_LIMIT = 64 << 20  # an oversize body up to this is read and dropped, so the 413 arrives
@@ -192,6 +194,7 @@ class Api:
     created: int = field(default_factory=lambda: int(time.time()))
     shutting_down: bool = False
     live: set[Handle] = field(default_factory=set)  # submitted and not yet answered
+    embedder: Embedder | None = None  # with serve --embeddings
     _template: ChatTemplate | None = None
 
     def cancel_all(self) -> None:
@@ -235,14 +238,48 @@ class Api:
         return JSONResponse(self.model_object())
 
     async def embeddings(self, request: Request) -> JSONResponse:
-        schemas.parse_embeddings(await read_json(request))
-        raise ApiError(
-            400,
-            "this model was not loaded for embeddings "
-            "(llmrun serve does not compute embeddings yet)",
-            param="model",
-            code="embeddings_not_supported",
+        req = schemas.parse_embeddings(await read_json(request))
+        if self.embedder is None:
+            raise ApiError(
+                400,
+                "this server was not started for embeddings: start llmrun serve with --embeddings",
+                param="model",
+                code="embeddings_not_supported",
+            )
+        data, used = await run_in_threadpool(self._embed, req)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.model_name,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+            }
         )
+
+    def _embed(self, req: schemas.Embed) -> tuple[list[dict[str, Any]], int]:
+        assert self.embedder is not None
+        model = self.engine.model
+        data, used = [], 0
+        for i, item in enumerate(req.inputs):
+            if isinstance(item, str):
+                tokens = model.tokenize(item, add_special=True, parse_special=False)
+            elif all(0 <= t < model.n_vocab for t in item):
+                tokens = item
+            else:
+                raise ApiError(400, f"token ids must be in 0..{model.n_vocab - 1}", param="input")
+            try:
+                vector = self.embedder.embed(tokens)
+            except ContextOverflow as e:
+                raise ApiError(
+                    400, f"input {i}: {e}", param="input", code="context_length_exceeded"
+                ) from None
+            used += len(tokens)
+            if req.encoding_format == "base64":  # little-endian float32, as OpenAI sends it
+                encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            else:
+                encoded = vector.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        return data, used
 
     # ------------------------------------------------------------ generation
 
@@ -412,13 +449,14 @@ def create_app(
     *,
     sampling: Sampling | None = None,
     system: str | None = None,
+    embedder: Embedder | None = None,
 ) -> Starlette:
     """The ASGI app serving `engine` as `model_name`; with `api_key`, every request needs it.
 
     `sampling` holds the defaults a request's own fields override (the command's
     flags and the model's params); `system` is used when a chat has no system message.
     """
-    api = Api(engine, model_name, sampling or Sampling(), system)
+    api = Api(engine, model_name, sampling or Sampling(), system, embedder=embedder)
     routes = [
         Route("/health", api.health),
         Route("/v1/models", api.models),

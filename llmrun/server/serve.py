@@ -20,6 +20,7 @@ import uvicorn
 
 from llmrun.engine import rpc
 from llmrun.engine.batch import BatchEngine
+from llmrun.engine.embed import Embedder
 from llmrun.errors import BadInput, BadOption
 from llmrun.generation import prepare
 from llmrun.server.app import Api, create_app
@@ -75,6 +76,7 @@ def serve(
     port: int = 8080,
     parallel: int = 4,
     api_key: str | None = None,
+    embeddings: bool = False,
     system: str | None = None,
     verbose: bool = False,
     announce: Callable[[str], None] = print,
@@ -104,6 +106,7 @@ def serve(
             api_key,
             sampling=prepared.sampling,
             system=prepared.system,
+            embedder=Embedder(engine.model, threads=prepared.load.threads) if embeddings else None,
         )
         config = uvicorn.Config(
             app,
@@ -131,6 +134,8 @@ async def _serve(server: Server, sock: socket.socket, engine: BatchEngine, api: 
         await server.serve(sockets=[sock])
     finally:
         grace.cancel()
+        if api.embedder is not None:  # waits for an embedding in flight; before the model goes
+            await asyncio.to_thread(api.embedder.close)
         # While the event loop still runs: the engine tells each handle it is done through it.
         await asyncio.to_thread(engine.stop, True)
 
