@@ -434,6 +434,16 @@ def test_run_pulls_a_missing_model_first(llmrun, hub: HubServer) -> None:
     ]
 
 
+def test_chat_pulls_a_missing_model_first_unless_no_pull(llmrun, hub: HubServer) -> None:
+    question = "What is the capital of France? One word.\n"
+    r = llmrun("chat", f"{GGUF}:Q4_K_M", "--no-pull", "--temp", "0", input=question)
+    assert "not downloaded yet" in one_error(r, code=2)
+    r = llmrun("chat", f"{GGUF}:Q4_K_M", "--temp", "0", "-n", "16", input=question)
+    assert r.code == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert f"{GGUF}:Q4_K_M is not here yet: pulling it" in r.stderr
+
+
 def test_rm_keeps_the_cache_unless_purge(llmrun, hub: HubServer) -> None:
     stored = Path(llmrun("pull", f"{GGUF}:Q8_0").stdout.strip())
     blob = cache_repo(GGUF) / "blobs" / hub.repos[GGUF].files[Q8].sha256

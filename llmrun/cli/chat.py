@@ -51,6 +51,7 @@ from llmrun.cli.common import (
     pick,
     print_error,
 )
+from llmrun.cli.pull import NoPullOpt, progress_for_stderr
 from llmrun.cli.run import print_stats
 from llmrun.engine import load_model
 from llmrun.errors import BadInput, BadOption, LlmrunError
@@ -411,6 +412,7 @@ def chat_command(
     cache_type_v: CacheTypeVOpt = "f16",
     verbose: VerboseOpt = False,
     rpc: RpcOpt = None,
+    no_pull: NoPullOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
 
@@ -425,6 +427,8 @@ def chat_command(
         system=system,
         **pick(flags, SAMPLING_FLAGS),
         **pick(flags, LOAD_FLAGS),
+        pull=not no_pull,
+        progress=progress_for_stderr(),
     )
     note_cpu_only(n_gpu_layers, rpc)
     interactive = sys.stdin.isatty() and not batch
