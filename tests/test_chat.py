@@ -352,6 +352,8 @@ def test_markdown_redraws_the_finished_reply(smollm2: Path) -> None:
         ("--top-k 20", ("top_k", 20)),
         ("n 64", ("max_tokens", 64)),
         ("stop '###' END", ("stop", ["###", "END"])),
+        ("stop none", ("stop", [])),
+        ("--stop ''", ("stop", [])),
     ],
 )
 def test_set_takes_names_and_flag_spellings(typed_: str, expected: tuple) -> None:

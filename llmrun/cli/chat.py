@@ -337,6 +337,7 @@ COMMANDS: dict[str, Command] = {
 # What /set accepts besides the parameter names: the flags' spellings.
 SET_ALIASES = {"n": "max_tokens", "s": "seed", "temperature": "temp"}
 PARSERS: dict[type, Callable[[str], Any]] = {float: float, int: int, str: str, list: shlex.split}
+CLEAR_WORDS = ("none", "off", "''", '""')
 
 
 def parse_setting(arg: str) -> tuple[str, Any]:
@@ -350,6 +351,8 @@ def parse_setting(arg: str) -> tuple[str, Any]:
     if not raw:
         raise BadOption(f"usage: /set {name} VALUE")
     typ = PARAM_TYPES[name]
+    if typ is list and raw.lower() in CLEAR_WORDS:  # `/set stop none`: no stop strings
+        return name, []
     try:
         return name, PARSERS[typ](raw)
     except ValueError:
