@@ -379,3 +379,9 @@ def test_netns_network_cut_mid_run_times_out(tmp_path: Path, smollm2: Path, pair
     assert stderr.startswith(f"error: lost RPC worker {worker.endpoint}: ")
     assert took < 3 * timeout, f"noticed after {took:.1f} s"
     worker.stop()
+
+
+def test_worker_with_no_threads_is_bad_usage(llmrun) -> None:
+    r = llmrun("worker", "-t", "0")
+    assert r.code == 2
+    assert r.stderr.strip() == "error: -t/--threads must be > 0, got 0"

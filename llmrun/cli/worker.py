@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from llmrun.cli.common import ThreadsOpt, app, err
-from llmrun.errors import EngineError
+from llmrun.errors import BadOption, EngineError
 
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -39,7 +39,7 @@ def worker_cmd(
     from llmrun.options import default_threads
 
     if threads is not None and threads <= 0:
-        raise EngineError(f"-t/--threads must be > 0, got {threads}")
+        raise BadOption(f"-t/--threads must be > 0, got {threads}")
     rpc.require()
     address = rpc.check_listen_address(host, port)
     if cache_dir is not None:

@@ -322,11 +322,9 @@ def _handle_abort(raw: bytes | None) -> None:
     # "ggml-rpc.cpp:566: Remote RPC server crashed ..." -> "remote RPC server crashed ..."
     detail = message.split(": ", 1)[-1].strip().rstrip(".") or "connection failed"
     text = lost_message(detail[:1].lower() + detail[1:])
-    if not _on_lost:
+    if not _on_lost:  # a command, not a server: the one error line, then exit 1
         sys.stdout.flush()
-        from llmrun.cli.common import print_error  # the CLI's one error line
-
-        print_error(text, LOST_REMEDY)
+        sys.stderr.write(f"error: {text}; {LOST_REMEDY}\n")
         sys.stderr.flush()
         os._exit(1)
     for callback in _on_lost:
