@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,25 @@ def local_answer(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> str
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def lose_mid_run(
+    proc: subprocess.Popen, endpoint: str, lose: Callable[[], None], within: float
+) -> None:
+    """Once `llmrun run` streams, lose its worker; it must end with the one clear line."""
+    assert proc.stdout is not None
+    proc.stdout.read(20)  # it is generating, on the worker
+    lose()
+    lost = time.monotonic()
+    _, err = proc.communicate(timeout=within + 30)
+    took = time.monotonic() - lost
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.startswith(f"error: lost RPC worker {endpoint}: "), stderr
+    assert "llmrun worker" in stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert took < within, f"noticed after {took:.1f} s"
 
 
 # ---------------------------------------------------------------- parsing
@@ -165,18 +184,7 @@ def test_a_worker_killed_mid_run_ends_it_with_a_clear_error(
         stderr=subprocess.PIPE,
         env={**os.environ, "LLMRUN_HOME": str(tmp_path / "home")},
     )
-    assert proc.stdout is not None
-    proc.stdout.read(20)  # it is generating, on the worker
-    worker.proc.kill()
-    killed = time.monotonic()
-    _, err = proc.communicate(timeout=rpc.DEFAULT_TIMEOUT + 30)
-    assert time.monotonic() - killed < rpc.DEFAULT_TIMEOUT
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert stderr.startswith(f"error: lost RPC worker {worker.endpoint}: ")
-    assert "llmrun worker" in stderr
-    assert "Traceback" not in stderr and "Aborted" not in stderr
-    assert len(stderr.strip().splitlines()) == 1
+    lose_mid_run(proc, worker.endpoint, worker.proc.kill, within=rpc.DEFAULT_TIMEOUT)
 
 
 def test_serve_survives_a_lost_worker(tmp_path: Path, smollm2: Path, worker: Worker) -> None:
@@ -344,18 +352,8 @@ def test_netns_worker_killed_mid_run(tmp_path: Path, smollm2: Path, pair: Netns)
     worker = start_worker(
         tmp_path / "worker.log", host=pair.worker_ip, prefix=pair.exec(pair.worker)
     )
-    endpoint = worker.endpoint
-    proc = _client(pair, tmp_path, "run", str(smollm2), *LONG, *GREEDY, "--rpc", endpoint)
-    assert proc.stdout is not None
-    proc.stdout.read(20)
-    worker.proc.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    _, err = proc.communicate(timeout=rpc.DEFAULT_TIMEOUT + 30)
-    assert time.monotonic() - killed < rpc.DEFAULT_TIMEOUT
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert stderr.startswith(f"error: lost RPC worker {endpoint}: ")
-    assert len(stderr.strip().splitlines()) == 1
+    proc = _client(pair, tmp_path, "run", str(smollm2), *LONG, *GREEDY, "--rpc", worker.endpoint)
+    lose_mid_run(proc, worker.endpoint, worker.proc.kill, within=rpc.DEFAULT_TIMEOUT)
     worker.stop()
 
 
@@ -368,16 +366,7 @@ def test_netns_network_cut_mid_run_times_out(tmp_path: Path, smollm2: Path, pair
     )
     proc = _client(pair, tmp_path, "run", str(smollm2), *LONG, *GREEDY, "--rpc", worker.endpoint,
                    LLMRUN_RPC_TIMEOUT=str(timeout))  # fmt: skip
-    assert proc.stdout is not None
-    proc.stdout.read(20)
-    pair.cut()
-    cut = time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    took = time.monotonic() - cut
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert stderr.startswith(f"error: lost RPC worker {worker.endpoint}: ")
-    assert took < 3 * timeout, f"noticed after {took:.1f} s"
+    lose_mid_run(proc, worker.endpoint, pair.cut, within=3 * timeout)
     worker.stop()
 
 

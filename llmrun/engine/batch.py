@@ -32,7 +32,7 @@ from pathlib import Path
 import llama_cpp
 
 from llmrun.engine import logs, rpc
-from llmrun.engine.model import Model
+from llmrun.engine.model import Model, put_token
 from llmrun.engine.sampling import build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, WorkerError
@@ -285,7 +285,7 @@ class BatchEngine:
         # Generating sequences first: one token each.
         for slot in active:
             if slot.next_token is not None:
-                n = _put(batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
+                n = put_token(batch, n, slot.next_token, len(slot.cached), slot.seq_id, True)
                 slot.logits_at = n - 1
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
@@ -297,7 +297,7 @@ class BatchEngine:
             chunk, slot.pending = slot.pending[:room], slot.pending[room:]
             for i, tok in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
-                n = _put(batch, n, tok, len(slot.cached), slot.seq_id, last)
+                n = put_token(batch, n, tok, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(tok)
             if not slot.pending:
                 slot.logits_at = n - 1
@@ -362,12 +362,3 @@ def _common(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq: int, logits: bool) -> int:
-    batch.token[i] = token
-    batch.pos[i] = pos
-    batch.n_seq_id[i] = 1
-    batch.seq_id[i][0] = seq
-    batch.logits[i] = logits
-    return i + 1

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 
 from llmrun.engine import logs
-from llmrun.engine.model import Model
+from llmrun.engine.model import Model, put_token
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.options import default_threads
 
@@ -82,11 +82,7 @@ class Embedder:
         with self._lock:
             batch = self._batch
             for i, tok in enumerate(tokens):
-                batch.token[i] = tok
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
+                put_token(batch, i, tok, i, 0, True)
             batch.n_tokens = len(tokens)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
             rc = llama_cpp.llama_decode(self._ctx, batch)

@@ -282,12 +282,7 @@ class Model:
             chunk = tokens[offset : offset + self.n_batch]
             n = len(chunk)
             for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = start_pos + offset + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits
-            batch.logits[n - 1] = 1
+                put_token(batch, i, tok, start_pos + offset + i, 0, all_logits or i == n - 1)
             batch.n_tokens = n
             rc = llama_cpp.llama_decode(self._ctx, batch)
             if rc != 0:
@@ -325,11 +320,7 @@ class Model:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
+                put_token(batch, i, tok, start + i, 0, True)
             batch.n_tokens = len(chunk)
             rc = llama_cpp.llama_decode(self._ctx, batch)
             if rc != 0:
@@ -484,6 +475,18 @@ class Model:
         finally:
             stats.stop_reason = reason or "length"
             stats.gen_seconds = time.perf_counter() - gen_start
+
+
+def put_token(
+    batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq: int, logits: bool
+) -> int:
+    """Write token i of a batch (one sequence); returns i + 1."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq
+    batch.logits[i] = logits
+    return i + 1
 
 
 def load_model(path: Path, load: Load) -> Model:

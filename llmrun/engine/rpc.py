@@ -27,7 +27,7 @@ import stat
 import struct
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +210,20 @@ def timeout_seconds() -> float:
     return value
 
 
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket | None]:
+    """A socket object on one of llama.cpp's descriptors, handed back untouched; None if none."""
+    try:
+        sock = socket.socket(fileno=fd) if stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    except OSError:
+        sock = None
+    try:
+        yield sock
+    finally:
+        if sock is not None:
+            sock.detach()  # the descriptor stays llama.cpp's
+
+
 def _worker_sockets() -> dict[int, str]:
     """This process's open TCP connections to attached workers: fd -> endpoint."""
     found: dict[int, str] = {}
@@ -218,19 +232,12 @@ def _worker_sockets() -> dict[int, str]:
     except OSError:  # no /proc (macOS): try the low descriptors
         fds = list(range(3, 1024))
     for fd in fds:
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
-            peer = sock.getpeername()
-            endpoint = _peers.get((peer[0], peer[1])) if isinstance(peer, tuple) else None
-        except OSError:
-            endpoint = None
-        finally:
-            sock.detach()  # the descriptor stays llama.cpp's
+        with _borrowed(fd) as sock:
+            try:
+                peer = sock.getpeername() if sock is not None else None
+            except OSError:
+                peer = None
+        endpoint = _peers.get((peer[0], peer[1])) if isinstance(peer, tuple) else None
         if endpoint:
             found[fd] = endpoint
     return found
@@ -257,14 +264,11 @@ def harden(timeout: float | None = None) -> int:
     fds = _worker_sockets()
     _hardened.update(fds)
     for fd in fds:
-        sock = socket.socket(fileno=fd)
-        try:
+        with _borrowed(fd) as sock:
             for level, name, value in options:
-                if name is not None:
+                if sock is not None and name is not None:
                     with contextlib.suppress(OSError):
                         sock.setsockopt(level, name, value)
-        finally:
-            sock.detach()
     return len(fds)
 
 
@@ -272,29 +276,29 @@ def dead_workers() -> dict[str, str]:
     """Attached workers whose connection is closed or failed, and how, as the kernel knows."""
     dead: dict[str, str] = {}
     for fd, endpoint in {**_hardened, **_worker_sockets()}.items():
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            try:
-                sock.getpeername()
-            except OSError:  # reset: no peer any more
-                error = error or errno.ECONNRESET
-            if error:
-                dead[endpoint] = os.strerror(error).lower()
-            elif sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                dead[endpoint] = "it closed the connection"
-        except BlockingIOError:
-            pass  # alive, nothing to read
-        except OSError as e:
-            dead[endpoint] = (e.strerror or str(e)).lower()
-        finally:
-            sock.detach()
+        with _borrowed(fd) as sock:
+            how = _how_dead(sock) if sock is not None else None
+        if how:
+            dead[endpoint] = how
     return dead
+
+
+def _how_dead(sock: socket.socket) -> str | None:
+    try:
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        try:
+            sock.getpeername()
+        except OSError:  # reset: no peer any more
+            error = error or errno.ECONNRESET
+        if error:
+            return os.strerror(error).lower()
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            return "it closed the connection"
+    except BlockingIOError:
+        pass  # alive, nothing to read
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    return None
 
 
 def on_lost(callback: Callable[[str], None]) -> None:
