@@ -45,11 +45,15 @@ class Worker:
 
 
 def start_worker(
-    log: Path, host: str = "127.0.0.1", port: int | None = None, prefix: tuple[str, ...] = ()
+    log: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    prefix: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
 ) -> Worker:
     """An `llmrun worker` (inside `prefix`, e.g. `ip netns exec NS`), ready for clients."""
     port = port or free_port()
-    cmd = [*prefix, *llmrun_cmd("worker", "--host", host, "--port", str(port), "-t", "2")]
+    cmd = [*prefix, *llmrun_cmd("worker", "--host", host, "--port", str(port), "-t", "2", *extra)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     worker = Worker(proc, f"{host}:{port}", log)

@@ -118,6 +118,23 @@ def test_layers_split_between_worker_and_here(
     assert "RPC0: 12 layers" in r.stderr
 
 
+def test_worker_cache_dir_keeps_the_big_tensors(
+    llmrun, smollm2: Path, tmp_path: Path, local_answer: str
+) -> None:
+    # llama.cpp sends tensors over 10 MiB by hash first; a worker with a cache keeps them.
+    cache = tmp_path / "rpc-cache"
+    w = start_worker(tmp_path / "worker.log", extra=("--cache-dir", str(cache)))
+    try:
+        for _ in range(2):  # the second load finds the tensors in the cache
+            r = llmrun("run", str(smollm2), PROMPT, "-n", "40", *GREEDY, "--rpc", w.endpoint)
+            assert r.code == 0, r.stderr
+            assert r.stdout == local_answer
+        kept = [p for p in cache.rglob("*") if p.is_file()]
+        assert kept and all(p.stat().st_size > 10 * 2**20 for p in kept)
+    finally:
+        w.stop()
+
+
 def test_info_lists_the_workers_devices(llmrun, worker: Worker) -> None:
     r = llmrun("info", "--json", "--rpc", worker.endpoint)
     assert r.code == 0, r.stderr
