@@ -208,6 +208,7 @@ def test_serve_survives_a_lost_worker(tmp_path: Path, smollm2: Path, worker: Wor
     port = free_port()
     log = tmp_path / "serve.log"
     cmd = llmrun_cmd("serve", str(smollm2), "--port", str(port), "-t", "2", "--parallel", "2")
+    cmd.append("--embeddings")
     with log.open("w") as err:
         server = subprocess.Popen(
             [*cmd, "--rpc", worker.endpoint],
@@ -255,6 +256,8 @@ def test_serve_survives_a_lost_worker(tmp_path: Path, smollm2: Path, worker: Wor
         status, answer = get("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
         assert status == 503
         assert "restart llmrun serve" in answer["error"]["message"]
+        status, answer = get("/v1/embeddings", {"input": "Hi"})
+        assert status == 503 and answer["error"]["code"] == "unavailable"
         assert server.poll() is None
     finally:
         server.send_signal(signal.SIGTERM)

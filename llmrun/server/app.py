@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,6 +53,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 PIECE = "\0piece\0"  # stands for the text in a streamed event's ready-made frame
 PIECE_JSON = json.dumps(PIECE)
 
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- plumbing
 
@@ -246,7 +250,7 @@ class Api:
                 param="model",
                 code="embeddings_not_supported",
             )
-        data, used = await run_in_threadpool(self._embed, req)
+        data, used = await self._unless_failed(self._embed, req)
         return JSONResponse(
             {
                 "object": "list",
@@ -255,6 +259,40 @@ class Api:
                 "usage": {"prompt_tokens": used, "total_tokens": used},
             }
         )
+
+    async def _unless_failed(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a thread of its own; a 503 instead if the engine fails first.
+
+        A lost RPC worker leaves llama.cpp's calls waiting for ever, so the thread is
+        a daemon (starlette's thread pool would keep the process from exiting).
+        """
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not result.done():
+                (result.set_result if ok else result.set_exception)(value)
+
+        def work() -> None:
+            try:
+                outcome = (True, fn(*args))
+            except BaseException as e:  # handed to the request
+                outcome = (False, e)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        self._check_engine()
+        threading.Thread(target=work, name="llmrun-embed", daemon=True).start()
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=0.25)
+            if done:
+                return result.result()
+            self._check_engine()
+
+    def _check_engine(self) -> None:
+        """A 503 once the engine has failed for good (a lost RPC worker)."""
+        if self.engine.failure:
+            raise ApiError(503, f"{self.engine.failure}; restart llmrun serve", code="unavailable")
 
     def _embed(self, req: schemas.Embed) -> tuple[list[dict[str, Any]], int]:
         assert self.embedder is not None
@@ -337,8 +375,7 @@ class Api:
         return self._submit(req, prompts)
 
     def _submit(self, req: schemas.Generate, prompts: list[list[int]]) -> list[Handle]:
-        if self.engine.failure:
-            raise ApiError(503, f"{self.engine.failure}; restart llmrun serve", code="unavailable")
+        self._check_engine()
         sampling = self.sampling.merged(req.sampling)
         handles: list[Handle] = []
         try:

@@ -134,7 +134,9 @@ async def _serve(server: Server, sock: socket.socket, engine: BatchEngine, api: 
         await server.serve(sockets=[sock])
     finally:
         grace.cancel()
-        if api.embedder is not None:  # waits for an embedding in flight; before the model goes
+        # Waits for an embedding in flight, before the model goes; after a lost RPC worker
+        # llama.cpp would wait for ever, so then the process just ends.
+        if api.embedder is not None and not engine.failure:
             await asyncio.to_thread(api.embedder.close)
         # While the event loop still runs: the engine tells each handle it is done through it.
         await asyncio.to_thread(engine.stop, True)
