@@ -174,8 +174,61 @@ def test_a_port_that_is_not_a_worker_is_named(llmrun, smollm2: Path) -> None:
         threading.Thread(target=answer_like_a_web_server, daemon=True).start()
         r = llmrun("run", str(smollm2), "Hi", "--rpc", f"127.0.0.1:{port}")
     assert r.code == 1
-    assert f"127.0.0.1:{port} does not speak llama.cpp's RPC protocol" in r.stderr
+    assert f"127.0.0.1:{port} does not speak this llama.cpp's RPC protocol" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_worker_of_a_newer_protocol_is_named(llmrun, smollm2: Path) -> None:
+    # llama.cpp would abort on a newer minor version; llmrun's hello says so first.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer_as_version_7_1() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1 + 8 + 24)
+                conn.sendall((28).to_bytes(8, "little") + bytes([7, 1, 0, 0]) + bytes(24))
+
+        threading.Thread(target=answer_as_version_7_1, daemon=True).start()
+        r = llmrun("run", str(smollm2), "Hi", "--rpc", f"127.0.0.1:{port}")
+    assert r.code == 1
+    assert "speaks RPC protocol 7.1.0, this llmrun's llama.cpp speaks 7.0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_rpc_timeout_is_refused_before_loading(llmrun, smollm2: Path, worker: Worker) -> None:
+    for bad in ("inf", "nan", "0", "soon"):
+        r = llmrun("run", str(smollm2), "Hi", "--rpc", worker.endpoint,
+                   env={"LLMRUN_RPC_TIMEOUT": bad})  # fmt: skip
+        assert r.code == 2, r.stderr
+        assert r.stderr.startswith("error: LLMRUN_RPC_TIMEOUT must be")
+
+
+def test_run_batch_ends_with_one_line_when_the_worker_is_lost(
+    tmp_path: Path, smollm2: Path, worker: Worker
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(f"Story number {i}: a dragon") + "\n" for i in range(6)))
+    cmd = llmrun_cmd("run", str(smollm2), "--batch", str(prompts), "-n", "4000", *GREEDY)
+    proc = subprocess.Popen(
+        [*cmd, "--rpc", worker.endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "LLMRUN_HOME": str(tmp_path / "home")},
+    )
+    deadline = time.monotonic() + 60
+    while "Accepted client connection" not in worker.log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(1.5)  # loaded, and decoding the batch on the worker
+    worker.proc.kill()
+    _, err = proc.communicate(timeout=rpc.DEFAULT_TIMEOUT + 30)
+    stderr = err.decode()
+    assert proc.returncode == 1, stderr
+    assert stderr.startswith(f"error: lost RPC worker {worker.endpoint}: "), stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_a_busy_worker_is_named_not_waited_on(llmrun, smollm2: Path, worker: Worker) -> None:

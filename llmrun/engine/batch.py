@@ -146,8 +146,6 @@ class BatchEngine:
         self.steps = 0
         self.generated = 0
         self.failure: str | None = None  # why the engine thread can no longer run
-        if load.rpc:
-            rpc.on_lost(self.fail)
 
     # ------------------------------------------------------------ public API
 
@@ -181,12 +179,13 @@ class BatchEngine:
                 f"holds {self.slot_ctx}",
                 "raise -c/--ctx-size, lower --parallel, or shorten the prompt",
             )
-        if self.failure:
-            raise WorkerError(self.failure, rpc.LOST_REMEDY)
         if self._draining or not self._running:
             raise RuntimeError("the engine is not running")
         handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar))
-        with self._lock:
+        with self._lock:  # fail() empties the queue under it: nothing may join after
+            if self.failure:
+                llama_cpp.llama_sampler_free(handle._sampler)
+                raise WorkerError(self.failure, rpc.LOST_REMEDY)
             self._waiting.append(handle)
         self._wake.set()
         return handle
@@ -304,7 +303,8 @@ class BatchEngine:
         if n == 0:
             return
         batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.model._ctx, batch)
+        with self.model.decode_lock:
+            rc = llama_cpp.llama_decode(self.model._ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}: {logs.last_error()}")
         self.steps += 1

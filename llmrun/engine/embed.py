@@ -58,10 +58,16 @@ class Embedder:
             llama_cpp.llama_pooling_type(ctx), "?"
         )
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
-        self._lock = threading.Lock()
+        # Held for a whole request by its caller (and by close), so the context and
+        # the model's vocabulary outlive every request that started.
+        self.lock = threading.RLock()
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             if self._ctx:
                 llama_cpp.llama_batch_free(self._batch)
                 llama_cpp.llama_free(self._ctx)
@@ -79,13 +85,16 @@ class Embedder:
     def embed(self, tokens: list[int]) -> np.ndarray:
         """The unit-length embedding of one tokenized input."""
         self.check(tokens)
-        with self._lock:
+        with self.lock:
+            if self._ctx is None:
+                raise EngineError("the embeddings context is closed")
             batch = self._batch
             for i, tok in enumerate(tokens):
                 put_token(batch, i, tok, i, 0, True)
             batch.n_tokens = len(tokens)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
-            rc = llama_cpp.llama_decode(self._ctx, batch)
+            with self.model.decode_lock:
+                rc = llama_cpp.llama_decode(self._ctx, batch)
             if rc != 0:
                 raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
             raw = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)

@@ -9,6 +9,7 @@ keeps decoding within a few percent of llama.cpp's own tools.
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,6 +185,9 @@ class Model:
         self.n_batch = cparams.n_batch
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
+        # Taken around llama_decode where a second context shares this model (serve's
+        # embeddings): RPC devices keep one graph each, so two contexts must take turns.
+        self.decode_lock = threading.Lock()
         if load.rpc:
             rpc.harden()  # the connections the loaded model holds now exist
         self.stats.load_seconds = time.perf_counter() - started

@@ -37,6 +37,7 @@ from llmrun.errors import BadOption, EngineError, WorkerError
 PROBE_TIMEOUT = 5.0  # seconds for a worker to accept and answer hello
 DEFAULT_TIMEOUT = 30.0  # seconds a lost connection may go unnoticed mid-generation
 TIMEOUT_ENV = "LLMRUN_RPC_TIMEOUT"
+MAX_TIMEOUT = 86400  # a day; TCP_USER_TIMEOUT takes milliseconds in a C int
 INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
     '"llama-cpp-python>=0.3.36,<0.4"'
@@ -47,7 +48,9 @@ INSTALL_HINT = (
 CMD_HELLO = 14
 CMD_DEVICE_COUNT = 15
 CONN_CAPS_SIZE = 24  # rpc_msg_hello_req
-PROTO_MAJOR = 7  # RPC_PROTO_MAJOR_VERSION in the llama.cpp that llama-cpp-python 0.3.36 vendors
+# RPC_PROTO_MAJOR/MINOR_VERSION in the llama.cpp that llama-cpp-python 0.3.36 vendors: llama.cpp
+# refuses (by aborting) a worker of another major version or of a newer minor one.
+PROTO_MAJOR, PROTO_MINOR = 7, 0
 
 _vp = ctypes.c_void_p
 _ADD_SERVER = ctypes.CFUNCTYPE(_vp, ctypes.c_char_p)
@@ -144,10 +147,10 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> Worker:
         try:
             hello = _call(sock, CMD_HELLO, bytes(CONN_CAPS_SIZE), 4 + CONN_CAPS_SIZE)
             major, minor, patch = hello[0], hello[1], hello[2]
-            if major != PROTO_MAJOR:
+            if major != PROTO_MAJOR or minor > PROTO_MINOR:
                 raise WorkerError(
                     f"RPC worker {endpoint} speaks RPC protocol {major}.{minor}.{patch}, "
-                    f"this llmrun's llama.cpp speaks {PROTO_MAJOR}.x",
+                    f"this llmrun's llama.cpp speaks {PROTO_MAJOR}.{PROTO_MINOR}",
                     "run the same llama-cpp-python version on both machines",
                 )
             (count,) = struct.unpack("<I", _call(sock, CMD_DEVICE_COUNT, b"", 4))
@@ -160,8 +163,9 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT) -> Worker:
             ) from None
         except (OSError, ValueError) as e:
             raise WorkerError(
-                f"{endpoint} does not speak llama.cpp's RPC protocol ({e})",
-                "check the port: it should be an `llmrun worker` or llama.cpp rpc-server",
+                f"{endpoint} does not speak this llama.cpp's RPC protocol ({e})",
+                "check the port (an `llmrun worker` or llama.cpp rpc-server), and run the same "
+                "llama-cpp-python version on both machines",
             ) from None
     if count == 0:
         raise WorkerError(f"RPC worker {endpoint} serves no devices")
@@ -205,8 +209,8 @@ def timeout_seconds() -> float:
         value = float(text) if text else DEFAULT_TIMEOUT
     except ValueError:
         raise BadOption(f"{TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise BadOption(f"{TIMEOUT_ENV} must be > 0, got {text!r}")
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses nan and inf
+        raise BadOption(f"{TIMEOUT_ENV} must be between 0 and {MAX_TIMEOUT} seconds, got {text!r}")
     return value
 
 
@@ -325,17 +329,23 @@ def _handle_abort(raw: bytes | None) -> None:
         return
     # "ggml-rpc.cpp:566: Remote RPC server crashed ..." -> "remote RPC server crashed ..."
     detail = message.split(": ", 1)[-1].strip().rstrip(".") or "connection failed"
-    text = lost_message(detail[:1].lower() + detail[1:])
-    if not _on_lost:  # a command, not a server: the one error line, then exit 1
-        sys.stdout.flush()
-        sys.stderr.write(f"error: {text}; {LOST_REMEDY}\n")
-        sys.stderr.flush()
-        os._exit(1)
-    for callback in _on_lost:
-        callback(text)
+    # Several connections can fail at once: the first reports, the others just wait.
+    if _reporting.acquire(blocking=False):
+        text = lost_message(detail[:1].lower() + detail[1:])
+        if not _on_lost:  # a command, not a server: the one error line, then exit 1
+            sys.stdout.flush()
+            sys.stderr.write(f"error: {text}; {LOST_REMEDY}\n")
+            sys.stderr.flush()
+            os._exit(1)
+        for callback in _on_lost:
+            with contextlib.suppress(Exception):  # raising here would abort the process
+                callback(text)
     # Returning would abort the process; the thread that found the loss (llama.cpp's
     # connection thread) waits for ever instead, and whoever waited on it too.
     threading.Event().wait()
+
+
+_reporting = threading.Lock()  # taken once, by the first lost connection
 
 
 _abort_handler: list[object] = []  # keeps the ctypes callback alive

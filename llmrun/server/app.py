@@ -295,7 +295,16 @@ class Api:
             raise ApiError(503, f"{self.engine.failure}; restart llmrun serve", code="unavailable")
 
     def _embed(self, req: schemas.Embed) -> tuple[list[dict[str, Any]], int]:
-        assert self.embedder is not None
+        embedder = self.embedder
+        assert embedder is not None
+        with embedder.lock:  # shutdown waits for this request, then frees the model
+            if embedder.closed:
+                raise ApiError(503, "the server is shutting down", code="unavailable")
+            return self._embed_all(req, embedder)
+
+    def _embed_all(
+        self, req: schemas.Embed, embedder: Embedder
+    ) -> tuple[list[dict[str, Any]], int]:
         model = self.engine.model
         data, used = [], 0
         for i, item in enumerate(req.inputs):
@@ -306,7 +315,7 @@ class Api:
             else:
                 raise ApiError(400, f"token ids must be in 0..{model.n_vocab - 1}", param="input")
             try:
-                vector = self.embedder.embed(tokens)
+                vector = embedder.embed(tokens)
             except ContextOverflow as e:
                 raise ApiError(
                     400, f"input {i}: {e}", param="input", code="context_length_exceeded"

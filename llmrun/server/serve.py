@@ -93,7 +93,8 @@ def serve(
     sock = listen(host, port)
     with contextlib.closing(sock):
         engine = BatchEngine(prepared.resolved.path, prepared.load, parallel)
-        if prepared.load.rpc:
+        if prepared.load.rpc:  # a lost worker fails the requests, not the server
+            rpc.on_lost(engine.fail)
             rpc.on_lost(
                 lambda message: announce(
                     f"error: {message}; requests now get 503: restart llmrun serve "
