@@ -26,7 +26,7 @@ import llama_cpp
 
 from llmrun.engine import Model, load_model
 from llmrun.engine.model import extra_buffers_safe
-from llmrun.engine.system import devices
+from llmrun.engine.system import devices, is_gpu
 from llmrun.errors import BadOption, EngineError, LlmrunError
 from llmrun.generation import Prepared, prepare
 from llmrun.ggufinfo import format_count, read_info
@@ -215,7 +215,7 @@ def _row_base(p: Prepared, model: Model, repetitions: int) -> Row:
     info = read_info(p.resolved.path)
     ngl = model.plan.n_gpu_layers
     # The backends of the devices layers can go to: CUDA, Metal, RPC (workers), ...
-    gpu = sorted({d.get("backend") or "?" for d in devices() if d.get("type") in ("gpu", "igpu")})
+    gpu = sorted({d.get("backend") or "?" for d in devices() if is_gpu(d)})
     return Row(
         model=p.resolved.name,
         quant=p.resolved.quant or info.quant,

@@ -175,9 +175,9 @@ def note_cpu_only(n_gpu_layers: str, rpc: str | None = None) -> None:
     """-ngl asked for GPU layers where there is nothing to put them on: say so once."""
     if rpc or parse_gpu_layers(n_gpu_layers) in ("auto", 0):
         return
-    from llmrun.engine.system import devices
+    from llmrun.engine.system import devices, is_gpu
 
-    if any(d.get("type") in ("gpu", "igpu") for d in devices()):
+    if any(is_gpu(d) for d in devices()):
         return
     err.print(
         f"note: llama.cpp sees no GPU here, so -ngl {n_gpu_layers} is ignored; "

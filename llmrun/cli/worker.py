@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -13,8 +14,6 @@ import typer
 
 from llmrun.cli.common import ThreadsOpt, app, err
 from llmrun.errors import BadOption, EngineError
-
-LOOPBACK = ("127.0.0.1", "localhost")
 
 
 @app.command("worker")
@@ -52,7 +51,7 @@ def worker_cmd(
         f"reach {address}:{port} can use this machine's devices and memory. "
         "Run workers on a trusted network only."
     )
-    style = "bold red" if host not in LOOPBACK else "yellow"
+    style = "yellow" if ipaddress.ip_address(address).is_loopback else "bold red"
     err.print(f"warning: {warning}", style=style, markup=False)
     # llama.cpp prints its banner and each connection with printf: keep stdout for results.
     sys.stdout.flush()

@@ -21,11 +21,6 @@ from llmrun.engine.model import Model, put_token
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.options import default_threads
 
-POOLING_IDS = {
-    "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-    "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
-    "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
-}
 DEFAULT_CTX = 2048  # tokens per input at most
 
 
@@ -46,7 +41,7 @@ class Embedder:
         ctx = llama_cpp.llama_init_from_model(model._model, cparams)
         if ctx and llama_cpp.llama_pooling_type(ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             llama_cpp.llama_free(ctx)  # a generative model: mean-pool it
-            cparams.pooling_type = POOLING_IDS["mean"]
+            cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             ctx = llama_cpp.llama_init_from_model(model._model, cparams)
         if not ctx:
             raise EngineError(
@@ -54,9 +49,6 @@ class Embedder:
             )
         self._ctx = ctx
         self.n_embd = llama_cpp.llama_model_n_embd(model._model)
-        self.pooling = {v: k for k, v in POOLING_IDS.items()}.get(
-            llama_cpp.llama_pooling_type(ctx), "?"
-        )
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
         # Held for a whole request by its caller (and by close), so the context and
         # the model's vocabulary outlive every request that started.

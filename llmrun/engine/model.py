@@ -51,7 +51,6 @@ FLASH_ATTN_IDS = {
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
-GPU_DEVICE_TYPES = ("gpu", "igpu")
 N_BATCH = 2048  # tokens per llama_decode call while evaluating a prompt (llama.cpp's default)
 N_UBATCH = 512
 
@@ -100,7 +99,7 @@ def gpu_devices() -> list[Device]:
             d.get("name") or f"GPU{d['index']}", d.get("memory_free", 0), d.get("memory_total", 0)
         )
         for d in system.devices()
-        if d.get("type") in GPU_DEVICE_TYPES
+        if system.is_gpu(d)
     ]
 
 

@@ -368,7 +368,7 @@ def _install_abort_handler() -> None:
 def worker_devices() -> list[dict[str, Any]]:
     """What a worker serves, as llama.cpp's rpc-server chooses: the GPUs, else the CPU."""
     found = system.devices()
-    chosen = [d for d in found if d.get("type") in ("gpu", "igpu")]
+    chosen = [d for d in found if system.is_gpu(d)]
     return chosen or [d for d in found if d.get("type") == "cpu"][:1]
 
 

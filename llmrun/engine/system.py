@@ -24,6 +24,7 @@ from llmrun.options import default_threads
 
 # enum ggml_backend_dev_type, in ggml-backend.h order.
 DEVICE_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
+GPU_TYPES = ("gpu", "igpu")  # what -ngl offloads layers to; RPC workers' devices say "gpu" too
 
 _vp = ctypes.c_void_p
 # name -> (restype, argtypes) of the ggml functions we use.
@@ -121,6 +122,11 @@ def devices() -> list[dict[str, Any]]:
     return found
 
 
+def is_gpu(device: dict[str, Any]) -> bool:
+    """Whether llama.cpp can offload layers to this device (one of devices())."""
+    return device.get("type") in GPU_TYPES
+
+
 def backends() -> list[str]:
     """The registered ggml backends ("CPU", "CUDA", "Metal", ...)."""
     count, get = bind("ggml_backend_reg_count"), bind("ggml_backend_reg_get")
@@ -147,7 +153,7 @@ def system_info() -> dict[str, Any]:
         "backends": backends(),
         "devices": found,
         # llama.cpp's llama_supports_gpu_offload() is true for any RPC build; say what is here.
-        "supports_gpu_offload": any(d.get("type") in ("gpu", "igpu") for d in found),
+        "supports_gpu_offload": any(is_gpu(d) for d in found),
         "supports_mmap": bool(llama_cpp.llama_supports_mmap()),
         "supports_mlock": bool(llama_cpp.llama_supports_mlock()),
         "features": parse_features(raw),
