@@ -7,6 +7,7 @@ be; they need root (CAP_NET_ADMIN) and skip, saying why, without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,40 +160,36 @@ def test_a_worker_that_is_down_is_one_clear_error(llmrun, smollm2: Path) -> None
     assert time.monotonic() - started < 30
 
 
-def test_a_port_that_is_not_a_worker_is_named(llmrun, smollm2: Path) -> None:
+@contextlib.contextmanager
+def answering(reply: bytes) -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that reads a hello and sends `reply`, once."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        port = listener.getsockname()[1]
 
-        def answer_like_a_web_server() -> None:
+        def answer() -> None:
             conn, _ = listener.accept()
             with conn:
-                conn.recv(100)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                conn.recv(1 + 8 + rpc.CONN_CAPS_SIZE)
+                conn.sendall(reply)
 
-        threading.Thread(target=answer_like_a_web_server, daemon=True).start()
-        r = llmrun("run", str(smollm2), "Hi", "--rpc", f"127.0.0.1:{port}")
+        threading.Thread(target=answer, daemon=True).start()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_a_port_that_is_not_a_worker_is_named(llmrun, smollm2: Path) -> None:
+    with answering(b"HTTP/1.1 400 Bad Request\r\n\r\n") as endpoint:
+        r = llmrun("run", str(smollm2), "Hi", "--rpc", endpoint)
     assert r.code == 1
-    assert f"127.0.0.1:{port} does not speak this llama.cpp's RPC protocol" in r.stderr
+    assert f"{endpoint} does not speak this llama.cpp's RPC protocol" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_worker_of_a_newer_protocol_is_named(llmrun, smollm2: Path) -> None:
     # llama.cpp would abort on a newer minor version; llmrun's hello says so first.
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-
-        def answer_as_version_7_1() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(1 + 8 + 24)
-                conn.sendall((28).to_bytes(8, "little") + bytes([7, 1, 0, 0]) + bytes(24))
-
-        threading.Thread(target=answer_as_version_7_1, daemon=True).start()
-        r = llmrun("run", str(smollm2), "Hi", "--rpc", f"127.0.0.1:{port}")
+    hello_7_1 = (28).to_bytes(8, "little") + bytes([7, 1, 0, 0]) + bytes(rpc.CONN_CAPS_SIZE)
+    with answering(hello_7_1) as endpoint:
+        r = llmrun("run", str(smollm2), "Hi", "--rpc", endpoint)
     assert r.code == 1
     assert "speaks RPC protocol 7.1.0, this llmrun's llama.cpp speaks 7.0" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
