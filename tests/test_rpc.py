@@ -92,6 +92,10 @@ def test_bad_rpc_flag_is_one_line_exit_2(llmrun, smollm2: Path) -> None:
     assert r.code == 2
     assert r.stderr.startswith("error: --rpc: bad port in 'box:notaport'")
     assert len(r.stderr.strip().splitlines()) == 1
+    # Text like ":b:" stays as typed (rich would make it an emoji).
+    r = llmrun("run", str(smollm2), "Hi", "--rpc", "a:b:c")
+    assert r.code == 2
+    assert r.stderr.startswith("error: --rpc: 'a:b:c' is not host:port")
 
 
 # ---------------------------------------------------------------- loopback

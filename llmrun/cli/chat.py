@@ -143,7 +143,7 @@ class Repl:
         self.markdown = markdown and sys.stdout.isatty()
         self.verbose = verbose
         self.read = LineReader(store.home() / HISTORY_FILE)
-        self.out = Console(highlight=False)  # stdout, for Markdown
+        self.out = Console(highlight=False, emoji=False)  # stdout, for Markdown
 
     def loop(self) -> None:
         n_ctx = self.session.model.n_ctx

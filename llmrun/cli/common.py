@@ -28,7 +28,7 @@ app = typer.Typer(
 
 # Everything that is not a result goes to stderr. Rich drops colour when stderr
 # is not a terminal and honours NO_COLOR.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def print_error(message: str, remedy: str | None = None) -> None:

@@ -57,7 +57,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
             table.add_column(header, no_wrap=i < len(headers) - 1)
         for row in cells:
             table.add_row(*row)
-        Console(highlight=False).print(table)
+        Console(highlight=False, emoji=False).print(table)
         return
     widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=True)]
     for row in [list(headers), *cells]:
