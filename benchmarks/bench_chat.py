@@ -22,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_engine import save_report
+
 from llmrun.chat import ChatSession
 from llmrun.engine import Model, load_model
 from llmrun.options import Load, Sampling
 from llmrun.resolve import demo_gguf
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGES = [
     "Hi! What is your name?",
     "What is the capital of France?",
@@ -142,12 +143,7 @@ def main() -> None:
             "no reuse": measure(model, args.turns, args.n_gen, args.reps, reuse=False),
         }
     report = render(args, Path(path), modes, load_before)
-    print(report, end="")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
-    out = RESULTS / f"chat-{stamp}-{Path(path).stem}-t{args.threads}.txt"
-    out.write_text(report)
-    log(f"saved {out}")
+    log(f"saved {save_report(report, 'chat', f'{Path(path).stem}-t{args.threads}')}")
 
 
 if __name__ == "__main__":

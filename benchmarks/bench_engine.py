@@ -81,15 +81,38 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def render(args: argparse.Namespace, model: Path, tool: Path, rows: list[Row], noise: str) -> str:
-    sys_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    header = [
+def about(noise: str, model: Path, versions_extra: str = "") -> list[str]:
+    """The head of every report: when, where, how quiet, which versions, which model."""
+    return [
         f"date:       {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"machine:    {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
         f"noise:      {noise} during the run",
-        f"versions:   llama-cpp-python {importlib.metadata.version('llama-cpp-python')}, "
-        f"llama-bench built from its sources ({tool})",
+        f"versions:   llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+        + versions_extra,
         f"model:      {model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
+    ]
+
+
+def align(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as right-aligned columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+
+
+def save_report(report: str, kind: str, tag: str) -> Path:
+    """Print `report` and keep it as results/KIND-<date and time>-TAG.txt."""
+    print(report, end="")
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
+    out = RESULTS / f"{kind}-{stamp}-{tag}.txt"
+    out.write_text(report)
+    return out
+
+
+def render(args: argparse.Namespace, model: Path, tool: Path, rows: list[Row], noise: str) -> str:
+    sys_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    header = [
+        *about(noise, model, f", llama-bench built from its sources ({tool})"),
         f"settings:   -t {args.threads} -p {args.n_prompt} -n {args.n_gen} -r {args.reps} "
         f"-fa {args.flash_attn} --repack {int(extra_buffers_safe())}; "
         "n_batch 2048, n_ubatch 512, KV f16",
@@ -135,12 +158,7 @@ def main() -> None:
     )
 
     report = render(args, model, tool, rows, noise.report())
-    print(report, end="")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
-    out = RESULTS / f"engine-{stamp}-{model.stem}-t{args.threads}.txt"
-    out.write_text(report)
-    log(f"saved {out}")
+    log(f"saved {save_report(report, 'engine', f'{model.stem}-t{args.threads}')}")
 
 
 if __name__ == "__main__":

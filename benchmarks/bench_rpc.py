@@ -16,11 +16,8 @@ The configurations take turns within each repetition, and each keeps its best.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.rpcworkers: the same test hosts the tests use
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_engine import Noise, cpu_name, default_model  # noqa: E402
+from bench_engine import Noise, about, align, default_model, save_report  # noqa: E402
 
 from tests.rpcworkers import (  # noqa: E402
     Netns,
@@ -38,8 +35,6 @@ from tests.rpcworkers import (  # noqa: E402
     netns_unavailable,
     start_worker,
 )
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def log(msg: str) -> None:
@@ -109,14 +104,8 @@ def main() -> None:
             + [f"{speeds[t]:.1f}" for t in tests]
             + [f"{speeds[t] / best['local'][t]:.2f}" for t in tests]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     header = [
-        f"date:       {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine:    {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
-        f"noise:      {noise.report()} during the run",
-        f"versions:   llama-cpp-python {importlib.metadata.version('llama-cpp-python')}",
-        f"model:      {model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
+        *about(noise.report(), model),
         f"settings:   -t {args.threads} (client and worker), pp{args.n_prompt}, tg{args.n_gen}, "
         f"best of {args.reps}, -ngl auto (every layer on the worker)",
     ]
@@ -125,13 +114,8 @@ def main() -> None:
         "veth: the worker and the client in two network namespaces joined by a veth pair",
         *([f"no veth row: {why_not_veth}"] if why_not_veth else []),
     ]
-    report = "\n".join([*header, "", *table, "", *notes]) + "\n"
-    print(report, end="")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
-    out = RESULTS / f"rpc-{stamp}-{model.stem}-t{args.threads}.txt"
-    out.write_text(report)
-    log(f"saved {out}")
+    report = "\n".join([*header, "", *align(rows), "", *notes]) + "\n"
+    log(f"saved {save_report(report, 'rpc', f'{model.stem}-t{args.threads}')}")
 
 
 if __name__ == "__main__":

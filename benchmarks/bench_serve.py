@@ -21,12 +21,9 @@ See benchmarks/README.md for what each column measures.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
-import importlib.metadata
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -44,10 +41,9 @@ from llmrun.engine.model import extra_buffers_safe
 from llmrun.options import Load, Sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # llama_tools, bench_engine
-from bench_engine import Noise, cpu_name, default_model
+from bench_engine import Noise, about, align, default_model, save_report
 from llama_tools import build_tool, cache_dir, installed_version
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # llama-cpp-python's `server` extra, minus uvicorn (already here); pinned loosely as its
 # metadata pins them.
 LCPP_SERVER_DEPS = [
@@ -296,19 +292,13 @@ def llmrun_run_here(model: str, ctx: str, threads: str, n_prompt: str, n_gen: st
 def render(args, model: Path, noise: str, rows: list[list[str]], notes: list[str]) -> str:
     sys_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     header = [
-        f"date:       {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine:    {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
-        f"noise:      {noise} during the run",
-        f"versions:   llama-cpp-python {importlib.metadata.version('llama-cpp-python')}",
-        f"model:      {model.name} ({model.stat().st_size / 2**20:.1f} MiB)",
+        *about(noise, model),
         f"settings:   -t {args.threads}, prompts of ~{args.n_prompt} tokens, {args.n_gen} "
         f"generated per request, best of {args.reps}, greedy, "
         f"repack {int(extra_buffers_safe())}, {args.slot_ctx} tokens of context per sequence",
         f"llama.cpp:  {sys_info}",
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([*header, "", *table, "", *notes]) + "\n"
+    return "\n".join([*header, "", *align(rows), "", *notes]) + "\n"
 
 
 def main() -> None:
@@ -391,12 +381,7 @@ def main() -> None:
             f"llmrun serve x1 decode / llmrun run = {ours[args.clients[0]].decode / single:.3f}"
         )
     report = render(args, model, noise.report(), rows, notes)
-    print(report, end="")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%dT%H%M")
-    out = RESULTS / f"serve-{stamp}-{model.stem}-t{args.threads}.txt"
-    out.write_text(report)
-    log(f"saved {out}")
+    log(f"saved {save_report(report, 'serve', f'{model.stem}-t{args.threads}')}")
 
 
 if __name__ == "__main__":
