@@ -55,6 +55,10 @@ class EngineError(LlmrunError):
     """llama.cpp refused to load or run something."""
 
 
+class EngineStopped(LlmrunError):
+    """The batching engine is draining or stopped, and takes no new requests."""
+
+
 class WorkerError(LlmrunError):
     """An RPC worker could not be reached, or was lost mid-generation."""
 
