@@ -18,21 +18,7 @@ def llama_logits(path: Path, ids: list[int]) -> np.ndarray:
     """llama.cpp's logits at every position of `ids`."""
     model = load_model(path, EXACT)
     try:
-        batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
-        try:
-            for i, tok in enumerate(ids):
-                batch.token[i] = tok
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
-            batch.n_tokens = len(ids)
-            assert llama_cpp.llama_decode(model._ctx, batch) == 0
-            logits = [llama_cpp.llama_get_logits_ith(model._ctx, i) for i in range(len(ids))]
-            rows = [np.ctypeslib.as_array(row, (model.n_vocab,)) for row in logits]
-            return np.array(rows, dtype=np.float32)
-        finally:
-            llama_cpp.llama_batch_free(batch)
+        return model.logits(ids)
     finally:
         model.close()
 

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 
 from llmrun.engine import logs
-from llmrun.engine.model import Model, put_token
+from llmrun.engine.model import Model, decode_batch, put_token
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.options import default_threads
 
@@ -38,17 +38,17 @@ class Embedder:
         cparams.embeddings = True
         cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED  # the model's own
         cparams.n_threads = cparams.n_threads_batch = threads or default_threads()
-        ctx = llama_cpp.llama_init_from_model(model._model, cparams)
+        ctx = llama_cpp.llama_init_from_model(model.llama_model, cparams)
         if ctx and llama_cpp.llama_pooling_type(ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             llama_cpp.llama_free(ctx)  # a generative model: mean-pool it
             cparams.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
-            ctx = llama_cpp.llama_init_from_model(model._model, cparams)
+            ctx = llama_cpp.llama_init_from_model(model.llama_model, cparams)
         if not ctx:
             raise EngineError(
                 f"llama.cpp could not create an embeddings context: {logs.last_error('unknown')}"
             )
         self._ctx = ctx
-        self.n_embd = llama_cpp.llama_model_n_embd(model._model)
+        self.n_embd = llama_cpp.llama_model_n_embd(model.llama_model)
         self._batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
         # Held for a whole request by its caller (and by close), so the context and
         # the model's vocabulary outlive every request that started.
@@ -83,12 +83,9 @@ class Embedder:
             batch = self._batch
             for i, tok in enumerate(tokens):
                 put_token(batch, i, tok, i, 0, True)
-            batch.n_tokens = len(tokens)
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
             with self.model.decode_lock:
-                rc = llama_cpp.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
+                decode_batch(self._ctx, batch, len(tokens))
             raw = llama_cpp.llama_get_embeddings_seq(self._ctx, 0)
             if not raw:
                 raise EngineError("llama.cpp returned no pooled embedding")

@@ -29,7 +29,7 @@ from llmrun.engine.offload import (
     plan_offload,
 )
 from llmrun.engine.sampling import build_sampler
-from llmrun.engine.speculative import Drafter
+from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
@@ -122,7 +122,12 @@ def plan_for(path: Path, load: Load) -> Plan:
 
 
 class Model:
-    """One llama.cpp model with one context (sequence 0)."""
+    """One llama.cpp model and its context.
+
+    `generate`, `prefill` and `logits` use sequence 0 and keep `cached_tokens`
+    in step with it; the batch engine uses the context's `parallel` sequences
+    itself, through `ctx`, `memory` and `decode_batch`.
+    """
 
     def __init__(self, path: Path, load: Load) -> None:
         self.path = path
@@ -213,6 +218,27 @@ class Model:
     def __del__(self) -> None:
         self.close()
 
+    # ------------------------------------------------------------ llama.cpp handles
+
+    @property
+    def llama_model(self) -> llama_cpp.llama_model_p:
+        """The llama.cpp model, for another context on the same weights (embeddings)."""
+        return self._model
+
+    @property
+    def vocab(self) -> llama_cpp.llama_vocab_p:
+        return self._vocab
+
+    @property
+    def ctx(self) -> llama_cpp.llama_context_p:
+        """The context, for sampling at a batch position."""
+        return self._ctx
+
+    @property
+    def memory(self) -> llama_cpp.llama_memory_t:
+        """The context's KV cache, for callers that manage sequences themselves."""
+        return self._memory
+
     # ------------------------------------------------------------ vocabulary
 
     def tokenize(
@@ -278,23 +304,27 @@ class Model:
     def cached_tokens(self) -> list[int]:
         return list(self._cached)
 
-    def _decode(self, tokens: list[int], start_pos: int, all_logits: bool = False) -> None:
-        """Evaluate tokens at positions start_pos.., logits for the last one (or all)."""
+    @property
+    def n_cached(self) -> int:
+        return len(self._cached)
+
+    def decode(self, tokens: list[int], all_logits: bool = False) -> None:
+        """Evaluate tokens after the cached ones, logits for the last one (or all)."""
         batch = self._batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
-            n = len(chunk)
+            n, start = len(chunk), len(self._cached)
             for i, tok in enumerate(chunk):
-                put_token(batch, i, tok, start_pos + offset + i, 0, all_logits or i == n - 1)
-            batch.n_tokens = n
-            rc = llama_cpp.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise EngineError(
-                    f"llama_decode failed with code {rc}: {logs.last_error('no reason given')}"
-                )
+                put_token(batch, i, tok, start + i, 0, all_logits or i == n - 1)
+            decode_batch(self._ctx, batch, n)
             self._cached.extend(chunk)
 
-    def _prefill(self, tokens: list[int]) -> int:
+    def truncate(self, keep: int) -> None:
+        """Forget every cached token from position `keep` on."""
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        del self._cached[keep:]
+
+    def prefill(self, tokens: list[int]) -> int:
         """Make the context hold exactly `tokens`, evaluating only what is not cached yet.
 
         Returns how many tokens were reused. At least the last token is always
@@ -305,9 +335,8 @@ class Model:
         while common < limit and self._cached[common] == tokens[common]:
             common += 1
         if common < len(self._cached):
-            llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1)
-            del self._cached[common:]
-        self._decode(tokens[common:], common)
+            self.truncate(common)
+        self.decode(tokens[common:])
         return common
 
     def logits(self, tokens: list[int]) -> np.ndarray:
@@ -324,10 +353,7 @@ class Model:
             chunk = tokens[start : start + self.n_batch]
             for i, tok in enumerate(chunk):
                 put_token(batch, i, tok, start + i, 0, True)
-            batch.n_tokens = len(chunk)
-            rc = llama_cpp.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed with code {rc}: {logs.last_error()}")
+            decode_batch(self._ctx, batch, len(chunk))
             self._cached.extend(chunk)
             # Outputs are stored contiguously in batch order: one copy per chunk.
             raw = llama_cpp.llama_get_logits(self._ctx)
@@ -356,7 +382,8 @@ class Model:
         """Evaluate the prompt tokens, then yield text as it is generated.
 
         With a drafter, guessed tokens are verified in batches (speculative
-        decoding); what is yielded is the same as without one.
+        decoding); what is yielded is the same as without one. The drafter is
+        closed when the run ends.
 
         Stops at an end-of-generation token, after `sampling.max_tokens` tokens
         (counted exactly, whatever they decode to), at a stop string (not
@@ -369,13 +396,15 @@ class Model:
         started = time.perf_counter()
         sampler = build_sampler(self, sampling, grammar)
         try:
-            stats.reused_tokens = self._prefill(tokens)
+            stats.reused_tokens = self.prefill(tokens)
             stats.prompt_tokens = len(tokens) - stats.reused_tokens
             stats.prompt_seconds = time.perf_counter() - started
             yield from self._decode_loop(sampler, sampling, ignore_eos, started, drafter, n_draft)
         finally:
             llama_cpp.llama_sampler_free(sampler)
             self._sync_cache()
+            if drafter is not None:
+                drafter.close()
 
     def _sync_cache(self) -> None:
         """Make our token list agree with the KV cache after an interrupted decode.
@@ -407,7 +436,7 @@ class Model:
 
         def take(token: int) -> tuple[str, str | None]:
             """Account for one sampled token: its text, and why to stop, if so."""
-            if not ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            if not ignore_eos and self.is_eog(token):
                 return "", "eos"
             stats.gen_tokens += 1
             out, stopped = stops.feed(text.feed(self.piece(token)))
@@ -438,37 +467,11 @@ class Model:
                 )
                 if not draft:  # the plain path: one token, one decode
                     one[0] = token
-                    rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
-                    if rc != 0:
-                        raise EngineError(
-                            f"llama_decode failed with code {rc}: {logs.last_error()}"
-                        )
+                    decode_batch(self._ctx, llama_cpp.llama_batch_get_one(one, 1), 1)
                     self._cached.append(token)
                     token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
                     continue
-                # Verify: the token and the guesses in one decode; keep guesses
-                # for as long as the target samples exactly them.
-                start = len(self._cached)
-                self._decode([token, *draft], start, all_logits=True)
-                stats.drafted += len(draft)
-                kept = 0
-                for i, guess in enumerate(draft):
-                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, i)
-                    if token != guess:
-                        break
-                    kept += 1
-                    stats.accepted += 1
-                    out, reason = take(token)
-                    if out:
-                        yield out
-                    if reason:
-                        break
-                else:
-                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, len(draft))
-                # Cells past the last kept guess hold rejected tokens.
-                keep = start + 1 + kept
-                llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1)
-                del self._cached[keep:]
+                token, reason = yield from verify(self, sampler, token, draft, take)
                 if reason:
                     break
             if reason != "stop":
@@ -490,6 +493,16 @@ def put_token(
     batch.seq_id[i][0] = seq
     batch.logits[i] = logits
     return i + 1
+
+
+def decode_batch(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, n: int) -> None:
+    """llama_decode the first n entries of `batch`; raises EngineError when llama.cpp fails."""
+    batch.n_tokens = n
+    rc = llama_cpp.llama_decode(ctx, batch)
+    if rc != 0:
+        raise EngineError(
+            f"llama_decode failed with code {rc}: {logs.last_error('no reason given')}"
+        )
 
 
 def load_model(path: Path, load: Load) -> Model:

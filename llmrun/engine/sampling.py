@@ -27,7 +27,7 @@ def build_sampler(
     add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
 
     if grammar is not None:
-        g = llama_cpp.llama_sampler_init_grammar(model._vocab, grammar.encode(), b"root")
+        g = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
         if not g:
             llama_cpp.llama_sampler_free(chain)
             raise BadOption("the output grammar could not be parsed by llama.cpp")

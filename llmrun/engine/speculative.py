@@ -4,11 +4,13 @@ A drafter guesses the next few tokens cheaply. The target evaluates the last
 token and the guesses in one decode, then samples each position in order with
 its own sampler chain and keeps a guess only if it samples exactly that token.
 So the output is what plain decoding would sample, token for token (greedy:
-identical), only with fewer, larger decodes.
+identical), only with fewer, larger decodes. `verify` is that step of the
+target's decode loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Protocol
 
 import llama_cpp
@@ -24,6 +26,10 @@ DRAFT_KINDS = ("ngram",)
 class Drafter(Protocol):
     def propose(self, history: list[int], n: int) -> list[int]:
         """Up to n tokens likely to follow `history` (may be none)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the drafter holds; the target calls it when a run ends."""
         ...
 
 
@@ -49,12 +55,16 @@ class NgramDrafter:
                         return follow
         return []
 
+    def close(self) -> None:
+        pass  # holds nothing of llama.cpp's
+
 
 class ModelDrafter:
     """A small model with the same vocabulary guesses greedily.
 
     Its own context keeps what it has seen; each call evaluates only the
-    tokens that are new since the last one (the engine's prefix reuse).
+    tokens that are new since the last one (the engine's prefix reuse). The
+    drafter owns the draft model: closing it closes the model.
     """
 
     def __init__(self, draft: Model, target: Model) -> None:
@@ -66,21 +76,57 @@ class ModelDrafter:
         draft = self.model
         if len(history) + n >= draft.n_ctx:
             return []
-        draft._prefill(history)
+        draft.prefill(history)
         out: list[int] = []
         for _ in range(n):
-            token = llama_cpp.llama_sampler_sample(self._greedy, draft._ctx, -1)
+            token = llama_cpp.llama_sampler_sample(self._greedy, draft.ctx, -1)
             if draft.is_eog(token):
                 break
             out.append(token)
             if len(out) < n:
-                draft._decode([token], len(draft._cached))
+                draft.decode([token])
         return out
 
     def close(self) -> None:
         if self._greedy:
             llama_cpp.llama_sampler_free(self._greedy)
             self._greedy = None
+        self.model.close()
+
+
+def verify(
+    target: Model,
+    sampler: llama_cpp.llama_sampler_p,
+    token: int,
+    draft: list[int],
+    take: Callable[[int], tuple[str, str | None]],
+) -> Generator[str, None, tuple[int, str | None]]:
+    """Evaluate `token` and the guesses in one decode; keep guesses while the target agrees.
+
+    Yields the text of each kept guess (`take` accounts for a token and says
+    whether to stop); returns the next token to evaluate and the stop reason, if any.
+    """
+    start = target.n_cached
+    target.decode([token, *draft], all_logits=True)
+    target.stats.drafted += len(draft)
+    kept = 0
+    reason: str | None = None
+    for i, guess in enumerate(draft):
+        token = llama_cpp.llama_sampler_sample(sampler, target.ctx, i)
+        if token != guess:
+            break
+        kept += 1
+        target.stats.accepted += 1
+        out, reason = take(token)
+        if out:
+            yield out
+        if reason:
+            break
+    else:
+        token = llama_cpp.llama_sampler_sample(sampler, target.ctx, len(draft))
+    # Cells past the last kept guess hold rejected tokens.
+    target.truncate(start + 1 + kept)
+    return token, reason
 
 
 def check_same_vocab(draft: Model, target: Model) -> None:
