@@ -31,11 +31,11 @@ from pathlib import Path
 
 import llama_cpp
 
-from llmrun.engine import logs, rpc
-from llmrun.engine.model import Model, put_token
+from llmrun.engine import rpc
+from llmrun.engine.model import Model, decode_batch, put_token
 from llmrun.engine.sampling import build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
-from llmrun.errors import ContextOverflow, WorkerError
+from llmrun.errors import ContextOverflow, EngineStopped, WorkerError
 from llmrun.options import Load, Sampling
 
 MIN_SHARED_PREFIX = 8  # below this, copying cells saves less than it costs to think about
@@ -180,7 +180,7 @@ class BatchEngine:
                 "raise -c/--ctx-size, lower --parallel, or shorten the prompt",
             )
         if self._draining or not self._running:
-            raise RuntimeError("the engine is not running")
+            raise EngineStopped("the engine is not running")
         handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar))
         with self._lock:  # fail() empties the queue under it: nothing may join after
             if self.failure:
@@ -251,7 +251,7 @@ class BatchEngine:
 
     def _assign(self, slot: _Slot, handle: Handle) -> None:
         tokens = handle.tokens
-        memory = self.model._memory
+        memory = self.model.memory
         source, shared = slot, _common(slot.cached, tokens)
         for other in self._slots:
             n = _common(other.cached, tokens)
@@ -302,11 +302,8 @@ class BatchEngine:
                 slot.logits_at = n - 1
         if n == 0:
             return
-        batch.n_tokens = n
         with self.model.decode_lock:
-            rc = llama_cpp.llama_decode(self.model._ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc}: {logs.last_error()}")
+            decode_batch(self.model.ctx, batch, n)
         self.steps += 1
         for slot in active:
             if slot.logits_at >= 0 and slot.handle:
@@ -315,7 +312,7 @@ class BatchEngine:
     def _sample(self, slot: _Slot) -> None:
         handle = slot.handle
         assert handle is not None
-        token = llama_cpp.llama_sampler_sample(handle._sampler, self.model._ctx, slot.logits_at)
+        token = llama_cpp.llama_sampler_sample(handle._sampler, self.model.ctx, slot.logits_at)
         if self.model.is_eog(token):
             self._finish(slot, "eos")
             return
@@ -347,7 +344,7 @@ class BatchEngine:
         keep = min(handle.prompt_tokens, len(slot.cached))
         if reason == "error" or not self.prefix_cache:
             keep = 0
-        llama_cpp.llama_memory_seq_rm(self.model._memory, slot.seq_id, keep, -1)
+        llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq_id, keep, -1)
         del slot.cached[keep:]
         slot.pending = []
         slot.next_token = None

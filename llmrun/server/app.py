@@ -29,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrun.engine.chat import ChatTemplate
-from llmrun.errors import BadInput, ContextOverflow
+from llmrun.errors import BadInput, ContextOverflow, EngineStopped
 from llmrun.options import Sampling
 from llmrun.server import schemas
 from llmrun.server.openai_errors import HANDLERS, ApiError, error_body
@@ -390,7 +390,7 @@ class Api:
         try:
             for tokens in prompts:
                 handles.append(self.engine.submit(tokens, sampling, req.grammar))
-        except RuntimeError:  # the engine is draining: we are shutting down
+        except EngineStopped:  # the engine is draining: we are shutting down
             raise ApiError(503, "the server is shutting down", code="unavailable") from None
         except BaseException:
             for h in handles:  # the prompts before the one refused
