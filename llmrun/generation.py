@@ -15,11 +15,11 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from llmrun.engine import Model, Stats, load_model
-from llmrun.engine.chat import ChatTemplate, Message
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers, parse_rpc
+from llmrun.prompt import prompt_tokens
 from llmrun.resolve import ResolvedModel, resolve_model
 
 FORMATS = ("json",)
@@ -129,20 +129,6 @@ def _check_schema(path: Path, schema: Any) -> None:
         raise BadInput(
             f"--json-schema file {path} is not a valid JSON Schema ({where}): {e.message}"
         ) from None
-
-
-def prompt_tokens(model: Model, prompt: str, *, system: str | None, raw: bool) -> list[int]:
-    """The tokens to evaluate: the prompt as is with --raw, else through the chat template."""
-    if raw:
-        text = f"{system}\n\n{prompt}" if system else prompt
-        return model.tokenize(text, add_special=True, parse_special=False)
-    messages: list[Message] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": prompt})
-    text = ChatTemplate(model).render(messages)
-    # The template writes special tokens as text; parse them as the tokens they are.
-    return model.tokenize(text, add_special=True, parse_special=True)
 
 
 class Generation:
