@@ -29,7 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrun.engine.template import ChatTemplate
-from llmrun.errors import BadInput, ContextOverflow
+from llmrun.errors import BadInput, ContextOverflow, EngineStopped
 from llmrun.options import Sampling
 from llmrun.prompt import chat_tokens
 from llmrun.server import schemas
@@ -386,7 +386,8 @@ class Api:
         try:
             for tokens in prompts:
                 handles.append(self.engine.submit(tokens, sampling, req.grammar))
-        except RuntimeError:  # the engine is draining: we are shutting down
+        # TODO(merge): EngineStopped only
+        except (EngineStopped, RuntimeError):  # the engine is draining: we are shutting down
             raise ApiError(503, "the server is shutting down", code="unavailable") from None
         except BaseException:
             for h in handles:  # the prompts before the one refused
