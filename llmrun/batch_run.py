@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmrun.engine.chat import ChatTemplate
+from llmrun.engine.template import ChatTemplate
 from llmrun.errors import BadInput, LlmrunError
-from llmrun.generation import grammar_for, prepare, prompt_tokens
+from llmrun.generation import grammar_for, prepare
 from llmrun.options import Sampling, check_param
+from llmrun.prompt import chat_tokens, raw_tokens
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -138,11 +139,9 @@ def read_lines(source: Path | str) -> list[tuple[int, str]]:
 
 def _tokens(model: Any, template: Callable[[], ChatTemplate], job: Job) -> list[int]:
     if job.prompt is not None and job.raw:
-        return prompt_tokens(model, job.prompt, system=job.system, raw=True)
+        return raw_tokens(model, job.prompt, system=job.system)
     messages = job.messages or [{"role": "user", "content": job.prompt or ""}]
-    if job.system and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": job.system}, *messages]
-    return model.tokenize(template().render(messages), add_special=True, parse_special=True)
+    return chat_tokens(model, template(), messages, system=job.system)
 
 
 def _result(job: Job, handle: Any, text: str) -> dict[str, Any]:

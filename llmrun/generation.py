@@ -12,17 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
 from llmrun.engine import Model, Stats, load_model
-from llmrun.engine.chat import ChatTemplate, Message
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
+from llmrun.grammar import SchemaProblem, schema_grammar
 from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers, parse_rpc
+from llmrun.prompt import prompt_tokens
 from llmrun.resolve import ResolvedModel, resolve_model
 
 FORMATS = ("json",)
+
+# How a SchemaProblem reads for a --json-schema file.
+CLI_SCHEMA_PROBLEMS = {
+    "not_object": "--json-schema file {path} must hold a JSON object, got {detail}",
+    "invalid": "--json-schema file {path} is not a valid JSON Schema {detail}",
+    "unconvertible": "--json-schema {path} cannot be turned into a grammar: {detail}",
+}
 
 
 @dataclass(frozen=True)
@@ -106,43 +114,11 @@ def grammar_for(format: str | None, json_schema: Path | None) -> str | None:
         schema = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInput(f"--json-schema file {json_schema} is not valid JSON: {e}") from None
-    _check_schema(json_schema, schema)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # the converter raises plain exceptions on what it cannot express
-        raise BadInput(
-            f"--json-schema {json_schema} cannot be turned into a grammar: {e}"
-        ) from None
-
-
-def _check_schema(path: Path, schema: Any) -> None:
-    import jsonschema  # only needed here; keeps start-up lean
-
-    if not isinstance(schema, dict):
-        raise BadInput(
-            f"--json-schema file {path} must hold a JSON object, got {type(schema).__name__}"
-        )
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "top level"
-        raise BadInput(
-            f"--json-schema file {path} is not a valid JSON Schema ({where}): {e.message}"
-        ) from None
-
-
-def prompt_tokens(model: Model, prompt: str, *, system: str | None, raw: bool) -> list[int]:
-    """The tokens to evaluate: the prompt as is with --raw, else through the chat template."""
-    if raw:
-        text = f"{system}\n\n{prompt}" if system else prompt
-        return model.tokenize(text, add_special=True, parse_special=False)
-    messages: list[Message] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": prompt})
-    text = ChatTemplate(model).render(messages)
-    # The template writes special tokens as text; parse them as the tokens they are.
-    return model.tokenize(text, add_special=True, parse_special=True)
+        return schema_grammar(json.dumps(schema))
+    except SchemaProblem as e:
+        message = CLI_SCHEMA_PROBLEMS[e.kind].format(path=json_schema, detail=e.detail)
+        raise BadInput(message) from None
 
 
 class Generation:

@@ -28,9 +28,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmrun.engine.chat import ChatTemplate
+from llmrun.engine.template import ChatTemplate
 from llmrun.errors import BadInput, ContextOverflow, EngineStopped
 from llmrun.options import Sampling
+from llmrun.prompt import chat_tokens
 from llmrun.server import schemas
 from llmrun.server.openai_errors import HANDLERS, ApiError, error_body
 
@@ -363,12 +364,7 @@ class Api:
         return self._template
 
     def _submit_chat(self, req: schemas.Generate) -> list[Handle]:
-        messages = req.messages
-        if self.system and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": self.system}, *messages]
-        text = self.template().render(messages)
-        # The template writes special tokens as text; parse them as the tokens they are.
-        tokens = self.engine.model.tokenize(text, add_special=True, parse_special=True)
+        tokens = chat_tokens(self.engine.model, self.template(), req.messages, system=self.system)
         return self._submit(req, [tokens])
 
     def _submit_prompts(self, req: schemas.Generate) -> list[Handle]:

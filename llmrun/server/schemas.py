@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
+from llmrun import grammar
 from llmrun.errors import BadOption
+from llmrun.grammar import SchemaProblem
 from llmrun.options import check_param
 from llmrun.server.openai_errors import ApiError
 
@@ -125,25 +127,22 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
+# How a SchemaProblem reads for response_format.
+API_SCHEMA_PROBLEMS = {
+    "not_object": "response_format.json_schema.schema must be a JSON object",
+    "invalid": "not a valid JSON Schema {detail}",
+    "unconvertible": "this JSON Schema cannot be turned into a grammar: {detail}",
+}
+
+
 @functools.lru_cache(maxsize=64)
 def schema_grammar(schema_text: str) -> str:
     """A GBNF grammar for a JSON Schema (as canonical JSON text), checked first."""
-    import jsonschema
-
-    schema = json.loads(schema_text)
-    if not isinstance(schema, dict):
-        raise bad("response_format.json_schema.schema must be a JSON object", "response_format")
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "top level"
-        raise bad(f"not a valid JSON Schema ({where}): {e.message}", "response_format") from None
-    try:
-        return json_schema_to_gbnf(schema_text)
-    except Exception as e:  # the converter raises plain exceptions on what it cannot express
-        raise bad(
-            f"this JSON Schema cannot be turned into a grammar: {e}", "response_format"
-        ) from None
+        return grammar.schema_grammar(schema_text)
+    except SchemaProblem as e:
+        message = API_SCHEMA_PROBLEMS[e.kind].format(detail=e.detail)
+        raise bad(message, "response_format") from None
 
 
 def _response_format(value: Any) -> str | None:
