@@ -18,7 +18,7 @@ Message = dict[str, Any]
 def _token_text(model: Model, token: int) -> str:
     if token < 0:
         return ""
-    return llama_cpp.llama_vocab_get_text(model._vocab, token).decode("utf-8", errors="replace")
+    return llama_cpp.llama_vocab_get_text(model.vocab, token).decode("utf-8", errors="replace")
 
 
 class ChatTemplate:
