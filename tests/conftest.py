@@ -1,10 +1,14 @@
-"""Shared fixtures: every test gets its own LLMRUN_HOME and HF cache, and no network."""
+"""Shared fixtures: every test gets its own LLMRUN_HOME and HF cache, and no network.
+
+Also: the subprocesses the tests start can always be interrupted (see pytest_configure).
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts background jobs (`pytest &`, nohup) with SIGINT
+    # ignored, and children inherit that: the Ctrl-C tests' SIGINT then does nothing and they
+    # time out. A handler (unlike SIG_IGN) is reset to the default on exec, so install one.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _demo_gguf() -> Path:
