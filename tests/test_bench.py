@@ -19,6 +19,12 @@ from llmrun.bench import KEYS, Row, render
 TINY = ("-p", "32", "-n", "8", "-r", "2", "-t", "1")
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 def _parse_json(text: str) -> list[dict]:
     return json.loads(text)
 
