@@ -207,6 +207,7 @@ def test_stop_strings_and_several_prompts(server: Server):
     assert counting_continues(40, texts[1])
 
 
+@pytest.mark.slow
 def test_json_schema_output_validates(server: Server):
     schema = {
         "type": "object",
@@ -238,6 +239,7 @@ def test_json_schema_output_validates(server: Server):
 TOPICS = ["cats", "the sea", "bread", "winter", "trains", "music", "maps", "bees"]
 
 
+@pytest.mark.slow
 def test_16_concurrent_streams_equal_their_answers_alone(server: Server):
     """Half chats, half counting completions; each must be what it is when asked alone."""
     client = server.client()
@@ -392,6 +394,7 @@ def test_openai_client_raises_on_bad_request(server: Server):
 SHUTTING_DOWN = 'data: {"error":{"message":"the server is shutting down"'
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_or_ends_the_answers_in_flight_and_exits_0(smollm2: Path, tmp_path: Path):
     """A short answer finishes; one that would outlast the grace period gets an error event."""
     srv = start_server(smollm2, tmp_path / "home", "--parallel", "2", key=None)
