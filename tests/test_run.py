@@ -15,6 +15,12 @@ GREEDY = ("--temp", "0")
 STATS = re.compile(r"generation (\d+) tokens")
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 def generated_tokens(stderr: str) -> int:
     match = STATS.search(stderr)
     assert match, f"no timings on stderr: {stderr!r}"
