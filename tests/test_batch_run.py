@@ -12,6 +12,12 @@ from llmrun.errors import BadInput
 from llmrun.options import Sampling
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 def counting(start: int) -> str:
     """A prompt with one obvious greedy continuation."""
     return ", ".join(str(n) for n in range(start, start + 5)) + ","

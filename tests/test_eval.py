@@ -22,6 +22,12 @@ SMALL = ("-c", "128", "--chunks", "4", "-t", "1")
 QUANTS = {"Q8_0": 7, "Q4_0": 2}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 @pytest.fixture(scope="session")
 def requantized(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The Q4_1 SmolLM2 requantized to Q8_0 and Q4_0: a stand-in for an F16 reference."""
@@ -57,6 +63,7 @@ def test_perplexity_on_the_shipped_text(llmrun, smollm2: Path) -> None:
     assert data["ref"] is None and data["kl_mean"] is None
 
 
+@pytest.mark.slow
 def test_same_file_as_reference_has_zero_kl(llmrun, smollm2: Path) -> None:
     r = llmrun("eval", str(smollm2), "--ref", str(smollm2), *SMALL, "--json")
     assert r.code == 0, r.stderr

@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 
 import llama_cpp
+import pytest
 
 from llmrun.engine.system import parse_features, system_info
+
+
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
 
 
 def test_system_info(isolated_home: Path) -> None:

@@ -17,6 +17,12 @@ from tests.conftest import add_stored, tree
 DEMO = "smollm2-135m"
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 def one_error_line(r) -> str:
     """Bad input: exit 2, one line on stderr, no traceback, nothing on stdout."""
     assert r.code == 2, r

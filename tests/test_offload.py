@@ -20,6 +20,12 @@ from llmrun.errors import BadOption
 from llmrun.ggufinfo import read_info
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 @pytest.fixture(scope="module")
 def smol(smollm2: Path) -> ModelShape:
     return ModelShape.from_gguf(read_info(smollm2))

@@ -387,6 +387,7 @@ def test_unknown_repo_and_revision(llmrun, hub: HubServer) -> None:
     assert "neither an alias of models.toml nor a Hugging Face id" in line
 
 
+@pytest.mark.slow
 def test_network_down_retries_then_uses_the_cache_or_fails(llmrun, hub: HubServer) -> None:
     down = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
     r = llmrun("pull", GGUF, env=down)

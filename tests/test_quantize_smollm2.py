@@ -22,6 +22,7 @@ def checkpoint() -> Path:
     return smollm2_checkpoint()
 
 
+@pytest.mark.slow
 def test_f16_greedy_equals_transformers(checkpoint: Path, tmp_path: Path) -> None:
     out = quantize(str(checkpoint), type="F16", output=tmp_path / "smollm2-F16.gguf").path
     want = json.loads((checkpoint / "greedy.json").read_text(encoding="utf-8"))

@@ -18,6 +18,12 @@ PROMPT = f"Repeat the following text exactly:\n\n{TEXT}"
 KEPT = re.compile(r"draft (\d+)/(\d+) kept")
 
 
+@pytest.fixture
+def llmrun(llmrun_inprocess):
+    """In-process: these tests check output and exit codes only, not signals or terminals."""
+    return llmrun_inprocess
+
+
 def test_ngram_drafter_copies_what_followed_the_last_ngram() -> None:
     drafter = NgramDrafter(max_ngram=3, min_ngram=2)
     history = [1, 2, 3, 4, 5, 9, 9, 2, 3]
@@ -26,6 +32,7 @@ def test_ngram_drafter_copies_what_followed_the_last_ngram() -> None:
     assert drafter.propose([7, 8, 1, 7, 8], 5) == [1, 7, 8]  # never past the end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ngram", "draft-model"])
 def test_greedy_output_is_identical_token_for_token(llmrun, smollm2: Path, how: str) -> None:
     plain = llmrun("run", str(smollm2), PROMPT, "-n", "60", "--temp", "0", "-v")
@@ -37,6 +44,7 @@ def test_greedy_output_is_identical_token_for_token(llmrun, smollm2: Path, how: 
     assert drafted > 0 and kept > 0  # drafting really happened
 
 
+@pytest.mark.slow
 def test_max_tokens_stays_exact_with_drafting(llmrun, smollm2: Path) -> None:
     for n in (1, 7, 23):
         r = llmrun(
@@ -68,6 +76,7 @@ def test_unknown_draft_kind(llmrun) -> None:
     assert r.code == 2 and "--draft must be one of ngram" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fa", ["auto", "on"])
 def test_quantized_kv_cache_with_flash_attention(llmrun, smollm2: Path, fa: str) -> None:
     r = llmrun(
