@@ -23,7 +23,8 @@ from llmrun.engine.batch import BatchEngine
 from llmrun.engine.embed import Embedder
 from llmrun.errors import BadInput, BadOption
 from llmrun.generation import prepare
-from llmrun.server.app import Api, create_app
+from llmrun.server.app import create_app
+from llmrun.server.service import Service
 
 GRACE_SECONDS = 10
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -126,24 +127,26 @@ def serve(
             f"serving {prepared.resolved.name} on http://{shown}:{bound_port}/v1 "
             f"({parallel} sequences of {engine.slot_ctx} tokens); Ctrl-C to stop"
         )
-        asyncio.run(_serve(Server(config), sock, engine, app.state.api))
+        asyncio.run(_serve(Server(config), sock, engine, app.state.service))
 
 
-async def _serve(server: Server, sock: socket.socket, engine: BatchEngine, api: Api) -> None:
-    grace = asyncio.ensure_future(_cancel_after_grace(server, api))
+async def _serve(
+    server: Server, sock: socket.socket, engine: BatchEngine, service: Service
+) -> None:
+    grace = asyncio.ensure_future(_cancel_after_grace(server, service))
     try:
         await server.serve(sockets=[sock])
     finally:
         grace.cancel()
         # Waits for an embedding in flight, before the model goes; after a lost RPC worker
         # llama.cpp would wait for ever, so then the process just ends.
-        if api.embedder is not None and not engine.failure:
-            await asyncio.to_thread(api.embedder.close)
+        if service.embedder is not None and not engine.failure:
+            await asyncio.to_thread(service.embedder.close)
         # While the event loop still runs: the engine tells each handle it is done through it.
         await asyncio.to_thread(engine.stop, True)
 
 
-async def _cancel_after_grace(server: Server, api: Api) -> None:
+async def _cancel_after_grace(server: Server, service: Service) -> None:
     """Once asked to stop: let answers in flight finish for a while, then end them.
 
     Ended this way, a stream gets an error event and its connection closes
@@ -152,6 +155,6 @@ async def _cancel_after_grace(server: Server, api: Api) -> None:
     while not server.should_exit:
         await asyncio.sleep(0.1)
     deadline = time.monotonic() + GRACE_SECONDS
-    while api.live and time.monotonic() < deadline and not server.force_exit:
+    while service.live and time.monotonic() < deadline and not server.force_exit:
         await asyncio.sleep(0.1)
-    api.cancel_all()
+    service.cancel_all()

@@ -1,0 +1,105 @@
+"""What every API the server speaks shares: the served model and its answers in flight.
+
+A Service holds the engine, the name the model is served as, the default sampling
+and system prompt, the chat template (read once), the embedder with
+`serve --embeddings`, and the handles submitted and not yet answered, which
+shutdown cancels once its grace period is over. Its refusals are ApiErrors
+(openai_errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llmrun.engine.template import ChatTemplate
+from llmrun.errors import EngineStopped
+from llmrun.options import Sampling
+from llmrun.server.openai_errors import ApiError
+
+if TYPE_CHECKING:
+    from llmrun.engine.batch import BatchEngine, Handle
+    from llmrun.engine.embed import Embedder
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", code="unavailable")
+
+
+@dataclass
+class Service:
+    """The engine serving one model, and the answers it owes."""
+
+    engine: BatchEngine
+    model_name: str
+    sampling: Sampling = field(default_factory=Sampling)
+    system: str | None = None
+    embedder: Embedder | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    shutting_down: bool = False
+    live: set[Handle] = field(default_factory=set)  # submitted and not yet answered
+    _template: ChatTemplate | None = None
+
+    def template(self) -> ChatTemplate:
+        """The model's chat template; BadInput if it has none (asked again next time)."""
+        if self._template is None:
+            self._template = ChatTemplate(self.engine.model)
+        return self._template
+
+    def check_engine(self) -> None:
+        """A 503 once the engine has failed for good (a lost RPC worker)."""
+        if self.engine.failure:
+            raise ApiError(503, f"{self.engine.failure}; restart llmrun serve", code="unavailable")
+
+    def tokens(self, prompt: str | list[int], param: str) -> list[int]:
+        """A prompt's token ids: text tokenized as it is, ids checked against the vocabulary."""
+        model = self.engine.model
+        if isinstance(prompt, str):
+            return model.tokenize(prompt, add_special=True, parse_special=False)
+        if all(0 <= t < model.n_vocab for t in prompt):
+            return prompt
+        raise ApiError(400, f"token ids must be in 0..{model.n_vocab - 1}", param=param)
+
+    def submit(
+        self, prompts: list[list[int]], overrides: dict[str, Any], grammar: str | None
+    ) -> list[Handle]:
+        """One handle per prompt, sampled with the defaults under `overrides`; all or none."""
+        self.check_engine()
+        sampling = self.sampling.merged(overrides)
+        handles: list[Handle] = []
+        try:
+            for tokens in prompts:
+                handles.append(self.engine.submit(tokens, sampling, grammar))
+        except EngineStopped:  # the engine is draining: we are shutting down
+            raise shutting_down() from None
+        except BaseException:
+            for h in handles:  # the prompts before the one refused
+                h.cancel()
+            raise
+        return handles
+
+    def track(self, handles: list[Handle]) -> None:
+        """Count handles as in flight; on the event loop, where they are released."""
+        self.live.update(handles)
+
+    def release(self, handles: list[Handle]) -> None:
+        """The answers are given, or nobody waits for them any more."""
+        for h in handles:
+            h.cancel()  # a no-op for the finished ones
+            self.live.discard(h)
+
+    def failure(self, handles: list[Handle]) -> ApiError | None:
+        """Why the answers cannot be given whole, if they cannot."""
+        failed = next((h for h in handles if h.finish_reason == "error"), None)
+        if failed is not None:
+            return ApiError(500, f"generation failed: {failed.error}", code="engine_error")
+        if self.shutting_down and any(h.finish_reason == "cancelled" for h in handles):
+            return shutting_down()
+        return None
+
+    def cancel_all(self) -> None:
+        """At shutdown, after the grace period: end every answer still in flight."""
+        self.shutting_down = True
+        for h in list(self.live):
+            h.cancel()
