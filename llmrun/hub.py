@@ -1,9 +1,12 @@
-"""The Hugging Face Hub: pull a model into its cache, and record it in llmrun's store.
+"""The Hugging Face Hub: pull a model into its cache (Hub I/O only).
 
 `pull(MODEL)` lists the repo (one model_info call), picks the files
 (llmrun.repofiles: the GGUF of one quant, or what converting a checkpoint needs),
-downloads each into the Hugging Face cache, checks its size and sha256 against
-the listing, and records the model in the store as a link to the cached file.
+downloads each into the Hugging Face cache with progress and resume, checks its
+size and sha256 against the listing, and hands the cached files to llmrun.store,
+which records them (where, and in what manifest, is the store's business).
+Offline (HF_HUB_OFFLINE) the listing comes from the cache; `purge` deletes a
+cached download that a store manifest names.
 
 Why not hf_hub_download alone: huggingface-hub 2.x downloads into a temporary
 file unique to the process and deletes it on failure, so an interrupted pull
@@ -16,15 +19,11 @@ and makes the snapshot link. The cache layout stays the Hub's own.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import hashlib
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,7 +55,7 @@ from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import build_hf_headers, silent_tqdm
 
 from llmrun import store
-from llmrun.errors import BadInput, BadOption, HubError, LlmrunError, ModelNotFound, StoreError
+from llmrun.errors import BadInput, BadOption, HubError, LlmrunError, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.registry import ModelEntry, load_registry, split_tag
 from llmrun.repofiles import (
@@ -196,7 +195,7 @@ def target(model: str, *, quant: str | None = None, revision: str | None = None)
     owner = _alias_of_repo(registry.models.values(), name)
     if owner is not None:
         return Target(owner.name, (name,), wanted or owner.quant, revision or owner.revision)
-    return Target(_store_name(name), (name,), wanted, revision or "main")
+    return Target(store.repo_store_name(name), (name,), wanted, revision or "main")
 
 
 def pullable(spec: str) -> bool:
@@ -473,104 +472,19 @@ class _Counted:
         return getattr(self._f, name)
 
 
-# ---------------------------------------------------------------- the store
+# ---------------------------------------------------------------- recording in the store
 
 
 def _register(
     result: PullResult, listing: Listing, sel: Selection, paths: list[Path], force: bool
 ) -> Path:
-    if sel.kind == "safetensors":
-        return _register_checkpoint(result, listing, sel, paths)
-    quant = sel.quant or _file_quant(paths[0])
-    first = store.model_path(result.name, quant)
-    n = len(paths)
-    # Split parts keep llama.cpp's naming, which is how it finds parts 2..n from part 1.
-    dests = (
-        [first]
-        if n == 1
-        else [first.with_name(f"{first.stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
-    )
+    """Hand what was fetched to the store, which owns where and how it is recorded."""
     files = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in sel.files]
-    try:
-        with store.file_lock(dests[0]):  # the lock `rm` takes too
-            _check_replaceable(dests[0], listing.repo, f"{result.name}:{quant}", force)
-            for src, dest in zip(paths, dests, strict=True):
-                _link(src.resolve(), dest)
-            store.write_manifest(
-                dests[0],
-                name=result.name,
-                quant=quant,
-                repo=listing.repo,
-                revision=listing.commit,
-                sha256=sel.files[0].sha256,
-                ref=listing.revision,
-                files=files,
-                parts=[d.name for d in dests[1:]],
-                total_size=sum(f.size or 0 for f in sel.files),
-            )
-    except OSError as e:
-        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
-    return dests[0]
-
-
-def _register_checkpoint(
-    result: PullResult, listing: Listing, sel: Selection, paths: list[Path]
-) -> Path:
-    """A checkpoint stays in the cache; a manifest says where, for `llmrun quantize`."""
-    folder = paths[0].parent
-    manifest = {
-        "format": store.MANIFEST_FORMAT,
-        "kind": "safetensors",
-        "name": result.name,
-        "repo": listing.repo,
-        "revision": listing.commit,
-        "ref": listing.revision,
-        "path": str(folder),
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in sel.files],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = checkpoint_manifest(result.name)
-    try:
-        with store.file_lock(path):
-            store.write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
-    except OSError as e:
-        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
-    return folder
-
-
-def _check_replaceable(dest: Path, repo: str, tag: str, force: bool) -> None:
-    """A stored model from elsewhere (another repo, `llmrun quantize`) stays unless --force."""
-    if force or not dest.exists():
-        return
-    source = store.read_manifest(dest).get("repo")
-    if not isinstance(source, str) or source.lower() != repo.lower():
-        raise BadInput(
-            f"{tag} is already in the store, from {source or 'elsewhere'}",
-            "pass --force to replace it, or delete it first with `llmrun rm`",
-        )
-
-
-def checkpoint_manifest(name: str) -> Path:
-    """Where the manifest of a pulled safetensors checkpoint lives (not a GGUF: `list` skips it)."""
-    return store.models_dir() / store.check_name(name) / "checkpoint.json"
-
-
-def _link(src: Path, dest: Path) -> None:
-    """`dest` becomes the cached file without a second copy: a hard link, else a symlink."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        for make in (os.link, os.symlink, shutil.copyfile):
-            try:
-                make(src, tmp)
-                break
-            except OSError:
-                if make is shutil.copyfile:
-                    raise
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    where = {"repo": listing.repo, "commit": listing.commit, "ref": listing.revision}
+    if sel.kind == "safetensors":
+        return store.record_checkpoint(result.name, paths[0].parent, files=files, **where)
+    quant = sel.quant or _file_quant(paths[0])
+    return store.record_gguf(result.name, quant, paths, files=files, force=force, **where)
 
 
 def _file_quant(path: Path) -> str:
@@ -760,9 +674,3 @@ def _alias_of_repo(entries: Any, repo: str) -> ModelEntry | None:
         None,
     )
 
-
-def _store_name(repo: str) -> str:
-    """`bartowski/SmolLM2-135M-Instruct-GGUF` -> `smollm2-135m-instruct`."""
-    name = repo.split("/", 1)[1]
-    name = re.sub(r"[-_.]gguf$", "", name, flags=re.IGNORECASE) or name
-    return name.lower()

@@ -8,7 +8,6 @@ in the store (requantized; first, when MODEL names a quant). Nothing is download
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from llmrun import store
 from llmrun.errors import BadModelFile, ModelNotFound
 from llmrun.registry import load_registry, split_tag
 from llmrun.repofiles import CHECKPOINT_FILES
+from llmrun.store import store_name
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUANT_SUFFIX = re.compile(r"[-.](F32|F16|BF16|Q\d\w*|IQ\d\w*)$", re.IGNORECASE)
@@ -70,12 +70,6 @@ def find_source(spec: str) -> Source:
     )
 
 
-def store_name(text: str) -> str:
-    """A folder or repo name as a valid store name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower()
-    return name or "model"
-
-
 def _folder(folder: Path) -> Source:
     # A snapshot of the Hugging Face cache: models--org--name/snapshots/<commit>
     parent = folder.resolve().parent
@@ -91,10 +85,8 @@ def _pulled_checkpoint(name: str) -> Source | None:
     if _REPO_RE.match(name):
         candidates.append(store_name(name.split("/")[1]))
     for candidate in candidates:
-        manifest = store.models_dir() / store_name(candidate) / "checkpoint.json"
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = store.read_checkpoint(store_name(candidate))
+        if data is None:
             continue
         folder = Path(str(data.get("path", "")))
         if (folder / "config.json").is_file():
