@@ -59,6 +59,7 @@ from llmrun.errors import BadInput, BadOption, HubError, LlmrunError, ModelNotFo
 from llmrun.ggufinfo import read_info
 from llmrun.registry import ModelEntry, load_registry, split_tag
 from llmrun.repofiles import (
+    REPO_ID,
     Listing,
     NoSuchQuant,
     RemoteFile,
@@ -72,7 +73,6 @@ RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each new try when the Hub canno
 RETRY_STATUS = (429, 500, 502, 503, 504)
 TOKEN_HOW = "pass --token, set HF_TOKEN, or run `hf auth login`"
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -186,7 +186,7 @@ def target(model: str, *, quant: str | None = None, revision: str | None = None)
     if entry is not None:
         repos = tuple(r for r in (entry.gguf_repo, entry.repo) if r)
         return Target(entry.name, repos, wanted or entry.quant, revision or entry.revision)
-    if not _REPO_RE.match(name):
+    if not REPO_ID.match(name):
         raise ModelNotFound(
             f"cannot pull {model!r}: it is neither an alias of models.toml nor a Hugging Face id",
             "name an alias, or org/repo[:QUANT]",
@@ -201,7 +201,7 @@ def target(model: str, *, quant: str | None = None, revision: str | None = None)
 def pullable(spec: str) -> bool:
     """True when MODEL names something `pull` could fetch: an alias or org/repo[:QUANT]."""
     name, _ = split_tag(spec.strip())
-    return bool(_REPO_RE.match(name)) or load_registry(store.home()).get(name) is not None
+    return bool(REPO_ID.match(name)) or load_registry(store.home()).get(name) is not None
 
 
 def ensure_local(
@@ -496,7 +496,7 @@ def purge(manifest: Mapping[str, Any]) -> list[Path]:
     other snapshot uses. Returns what was deleted."""
     repo, commit = manifest.get("repo"), manifest.get("revision")
     files = manifest.get("files") or []
-    if not (isinstance(repo, str) and _REPO_RE.match(repo) and _COMMIT_RE.match(str(commit))):
+    if not (isinstance(repo, str) and REPO_ID.match(repo) and _COMMIT_RE.match(str(commit))):
         return []
     folder = _repo_cache(repo)
     snapshot = folder / "snapshots" / commit
@@ -673,4 +673,3 @@ def _alias_of_repo(entries: Any, repo: str) -> ModelEntry | None:
         (e for e in entries if repo.lower() in {r.lower() for r in (e.repo, e.gguf_repo) if r}),
         None,
     )
-

@@ -15,10 +15,9 @@ from pathlib import Path
 from llmrun import store
 from llmrun.errors import BadModelFile, ModelNotFound
 from llmrun.registry import load_registry, split_tag
-from llmrun.repofiles import CHECKPOINT_FILES
+from llmrun.repofiles import CHECKPOINT_FILES, REPO_ID
 from llmrun.store import store_name
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUANT_SUFFIX = re.compile(r"[-.](F32|F16|BF16|Q\d\w*|IQ\d\w*)$", re.IGNORECASE)
 
 
@@ -55,7 +54,7 @@ def find_source(spec: str) -> Source:
     pulled = _pulled_checkpoint(entry.name if entry else name)
     if pulled is not None:
         return pulled
-    repo = entry.repo if entry else (name if _REPO_RE.match(name) else None)
+    repo = entry.repo if entry else (name if REPO_ID.match(name) else None)
     if repo:
         folder = _cached(repo, entry.revision if entry else None)
         if folder is not None:
@@ -82,7 +81,7 @@ def _folder(folder: Path) -> Source:
 def _pulled_checkpoint(name: str) -> Source | None:
     """A checkpoint `llmrun pull` recorded under `name` (an alias or a repo's store name)."""
     candidates = [name]
-    if _REPO_RE.match(name):
+    if REPO_ID.match(name):
         candidates.append(store_name(name.split("/")[1]))
     for candidate in candidates:
         data = store.read_checkpoint(store_name(candidate))
