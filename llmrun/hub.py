@@ -107,7 +107,7 @@ class PullResult:
         return f"{self.name}:{self.quant}" if self.kind == "gguf" and self.quant else self.name
 
 
-class Progress:
+class PullProgress:
     """What a pull reports as it goes; this one ignores it all. The CLI draws bars."""
 
     def note(self, text: str) -> None:
@@ -123,7 +123,7 @@ class Progress:
         """Downloads are over, successfully or not."""
 
 
-class StderrNotes(Progress):
+class StderrNotes(PullProgress):
     """The notes as plain lines on stderr, no bars: what `ensure_local` says by default."""
 
     def note(self, text: str) -> None:
@@ -141,10 +141,10 @@ def pull(
     token: str | None = None,
     force: bool = False,
     dry_run: bool = False,
-    progress: Progress | None = None,
+    progress: PullProgress | None = None,
 ) -> PullResult:
     """Download MODEL (an alias or org/repo[:QUANT]) into the Hugging Face cache and store it."""
-    progress = progress or Progress()
+    progress = progress or PullProgress()
     tgt = target(model, quant=quant, revision=revision)
     listing, selection = _choose(tgt, token, progress)
     for f in selection.files:
@@ -205,7 +205,7 @@ def pullable(spec: str) -> bool:
 
 
 def ensure_local(
-    spec: str | None, *, pull_missing: bool = True, progress: Progress | None = None
+    spec: str | None, *, pull_missing: bool = True, progress: PullProgress | None = None
 ) -> ResolvedModel:
     """resolve_model, but a model that is not here yet is pulled first (unless offline).
 
@@ -231,7 +231,7 @@ def ensure_local(
 # ---------------------------------------------------------------- listing and choosing
 
 
-def _choose(tgt: Target, token: str | None, progress: Progress) -> tuple[Listing, Selection]:
+def _choose(tgt: Target, token: str | None, progress: PullProgress) -> tuple[Listing, Selection]:
     """The first repo of the target that has what it asks for; the GGUF repo comes first."""
     for i, repo in enumerate(tgt.repos):
         listing = list_repo(repo, tgt.revision, token=token, progress=progress)
@@ -248,10 +248,10 @@ def _choose(tgt: Target, token: str | None, progress: Progress) -> tuple[Listing
 
 
 def list_repo(
-    repo: str, revision: str, *, token: str | None = None, progress: Progress | None = None
+    repo: str, revision: str, *, token: str | None = None, progress: PullProgress | None = None
 ) -> Listing:
     """The repo's files at `revision`, from the Hub; from the cache when offline."""
-    progress = progress or Progress()
+    progress = progress or PullProgress()
     cached = cached_listing(repo, revision)
     if constants.HF_HUB_OFFLINE:
         if cached is None:
@@ -305,7 +305,7 @@ def _fetch_all(
     token: str | None,
     force: bool,
     on_disk: Mapping[str, int],
-    progress: Progress,
+    progress: PullProgress,
 ) -> list[Path]:
     """Every file into the cache (or found there); their snapshot paths, in order."""
     snapshot = _repo_cache(listing.repo) / "snapshots" / listing.commit
@@ -325,7 +325,7 @@ def _fetch_all(
 
 
 def _fetch(
-    listing: Listing, f: RemoteFile, token: str | None, force: bool, progress: Progress
+    listing: Listing, f: RemoteFile, token: str | None, force: bool, progress: PullProgress
 ) -> Path:
     folder = _repo_cache(listing.repo)
     try:
@@ -349,7 +349,7 @@ def _fetch(
 
 
 @contextlib.contextmanager
-def _client_log_as_notes(progress: Progress) -> Iterator[None]:
+def _client_log_as_notes(progress: PullProgress) -> Iterator[None]:
     """The client logs each dropped connection it resumes: one note of ours instead."""
     log = logging.getLogger("huggingface_hub.file_download")
 
@@ -384,7 +384,12 @@ def _write_ref(listing: Listing) -> None:
 
 
 def _download(
-    listing: Listing, f: RemoteFile, blob: Path, token: str | None, force: bool, progress: Progress
+    listing: Listing,
+    f: RemoteFile,
+    blob: Path,
+    token: str | None,
+    force: bool,
+    progress: PullProgress,
 ) -> None:
     """Fetch one file into `<blob>.incomplete`, continuing what is there; verify; rename."""
     partial = blob.with_name(blob.name + ".incomplete")
@@ -435,7 +440,7 @@ def _git_oid(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock: Path, name: str, progress: Progress) -> Iterator[None]:
+def _locked(lock: Path, name: str, progress: PullProgress) -> Iterator[None]:
     """The client's own lock on one blob, so a parallel download of it waits for this one."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     fl = FileLock(str(lock), mode=0o664)
@@ -616,7 +621,7 @@ def _network_trouble(e: Exception) -> bool:
     )
 
 
-def _retrying(call: Callable[[], Any], progress: Progress) -> Any:
+def _retrying(call: Callable[[], Any], progress: PullProgress) -> Any:
     """`call()`, tried again after a pause while the Hub cannot be reached."""
     for delay in (*RETRY_DELAYS, None):
         try:
