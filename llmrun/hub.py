@@ -1,9 +1,12 @@
-"""The Hugging Face Hub: pull a model into its cache, and record it in llmrun's store.
+"""The Hugging Face Hub: pull a model into its cache (Hub I/O only).
 
 `pull(MODEL)` lists the repo (one model_info call), picks the files
 (llmrun.repofiles: the GGUF of one quant, or what converting a checkpoint needs),
-downloads each into the Hugging Face cache, checks its size and sha256 against
-the listing, and records the model in the store as a link to the cached file.
+downloads each into the Hugging Face cache with progress and resume, checks its
+size and sha256 against the listing, and hands the cached files to llmrun.store,
+which records them (where, and in what manifest, is the store's business).
+Offline (HF_HUB_OFFLINE) the listing comes from the cache; `purge` deletes a
+cached download that a store manifest names.
 
 Why not hf_hub_download alone: huggingface-hub 2.x downloads into a temporary
 file unique to the process and deletes it on failure, so an interrupted pull
@@ -16,15 +19,11 @@ and makes the snapshot link. The cache layout stays the Hub's own.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import hashlib
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,10 +55,11 @@ from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import build_hf_headers, silent_tqdm
 
 from llmrun import store
-from llmrun.errors import BadInput, BadOption, HubError, LlmrunError, ModelNotFound, StoreError
+from llmrun.errors import BadInput, BadOption, HubError, LlmrunError, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.registry import ModelEntry, load_registry, split_tag
 from llmrun.repofiles import (
+    REPO_ID,
     Listing,
     NoSuchQuant,
     RemoteFile,
@@ -73,7 +73,6 @@ RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds before each new try when the Hub canno
 RETRY_STATUS = (429, 500, 502, 503, 504)
 TOKEN_HOW = "pass --token, set HF_TOKEN, or run `hf auth login`"
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -108,7 +107,7 @@ class PullResult:
         return f"{self.name}:{self.quant}" if self.kind == "gguf" and self.quant else self.name
 
 
-class Progress:
+class PullProgress:
     """What a pull reports as it goes; this one ignores it all. The CLI draws bars."""
 
     def note(self, text: str) -> None:
@@ -124,7 +123,7 @@ class Progress:
         """Downloads are over, successfully or not."""
 
 
-class StderrNotes(Progress):
+class StderrNotes(PullProgress):
     """The notes as plain lines on stderr, no bars: what `ensure_local` says by default."""
 
     def note(self, text: str) -> None:
@@ -142,10 +141,10 @@ def pull(
     token: str | None = None,
     force: bool = False,
     dry_run: bool = False,
-    progress: Progress | None = None,
+    progress: PullProgress | None = None,
 ) -> PullResult:
     """Download MODEL (an alias or org/repo[:QUANT]) into the Hugging Face cache and store it."""
-    progress = progress or Progress()
+    progress = progress or PullProgress()
     tgt = target(model, quant=quant, revision=revision)
     listing, selection = _choose(tgt, token, progress)
     for f in selection.files:
@@ -187,7 +186,7 @@ def target(model: str, *, quant: str | None = None, revision: str | None = None)
     if entry is not None:
         repos = tuple(r for r in (entry.gguf_repo, entry.repo) if r)
         return Target(entry.name, repos, wanted or entry.quant, revision or entry.revision)
-    if not _REPO_RE.match(name):
+    if not REPO_ID.match(name):
         raise ModelNotFound(
             f"cannot pull {model!r}: it is neither an alias of models.toml nor a Hugging Face id",
             "name an alias, or org/repo[:QUANT]",
@@ -196,17 +195,17 @@ def target(model: str, *, quant: str | None = None, revision: str | None = None)
     owner = _alias_of_repo(registry.models.values(), name)
     if owner is not None:
         return Target(owner.name, (name,), wanted or owner.quant, revision or owner.revision)
-    return Target(_store_name(name), (name,), wanted, revision or "main")
+    return Target(store.repo_store_name(name), (name,), wanted, revision or "main")
 
 
 def pullable(spec: str) -> bool:
     """True when MODEL names something `pull` could fetch: an alias or org/repo[:QUANT]."""
     name, _ = split_tag(spec.strip())
-    return bool(_REPO_RE.match(name)) or load_registry(store.home()).get(name) is not None
+    return bool(REPO_ID.match(name)) or load_registry(store.home()).get(name) is not None
 
 
 def ensure_local(
-    spec: str | None, *, pull_missing: bool = True, progress: Progress | None = None
+    spec: str | None, *, pull_missing: bool = True, progress: PullProgress | None = None
 ) -> ResolvedModel:
     """resolve_model, but a model that is not here yet is pulled first (unless offline).
 
@@ -232,7 +231,7 @@ def ensure_local(
 # ---------------------------------------------------------------- listing and choosing
 
 
-def _choose(tgt: Target, token: str | None, progress: Progress) -> tuple[Listing, Selection]:
+def _choose(tgt: Target, token: str | None, progress: PullProgress) -> tuple[Listing, Selection]:
     """The first repo of the target that has what it asks for; the GGUF repo comes first."""
     for i, repo in enumerate(tgt.repos):
         listing = list_repo(repo, tgt.revision, token=token, progress=progress)
@@ -249,10 +248,10 @@ def _choose(tgt: Target, token: str | None, progress: Progress) -> tuple[Listing
 
 
 def list_repo(
-    repo: str, revision: str, *, token: str | None = None, progress: Progress | None = None
+    repo: str, revision: str, *, token: str | None = None, progress: PullProgress | None = None
 ) -> Listing:
     """The repo's files at `revision`, from the Hub; from the cache when offline."""
-    progress = progress or Progress()
+    progress = progress or PullProgress()
     cached = cached_listing(repo, revision)
     if constants.HF_HUB_OFFLINE:
         if cached is None:
@@ -306,7 +305,7 @@ def _fetch_all(
     token: str | None,
     force: bool,
     on_disk: Mapping[str, int],
-    progress: Progress,
+    progress: PullProgress,
 ) -> list[Path]:
     """Every file into the cache (or found there); their snapshot paths, in order."""
     snapshot = _repo_cache(listing.repo) / "snapshots" / listing.commit
@@ -326,7 +325,7 @@ def _fetch_all(
 
 
 def _fetch(
-    listing: Listing, f: RemoteFile, token: str | None, force: bool, progress: Progress
+    listing: Listing, f: RemoteFile, token: str | None, force: bool, progress: PullProgress
 ) -> Path:
     folder = _repo_cache(listing.repo)
     try:
@@ -350,7 +349,7 @@ def _fetch(
 
 
 @contextlib.contextmanager
-def _client_log_as_notes(progress: Progress) -> Iterator[None]:
+def _client_log_as_notes(progress: PullProgress) -> Iterator[None]:
     """The client logs each dropped connection it resumes: one note of ours instead."""
     log = logging.getLogger("huggingface_hub.file_download")
 
@@ -385,7 +384,12 @@ def _write_ref(listing: Listing) -> None:
 
 
 def _download(
-    listing: Listing, f: RemoteFile, blob: Path, token: str | None, force: bool, progress: Progress
+    listing: Listing,
+    f: RemoteFile,
+    blob: Path,
+    token: str | None,
+    force: bool,
+    progress: PullProgress,
 ) -> None:
     """Fetch one file into `<blob>.incomplete`, continuing what is there; verify; rename."""
     partial = blob.with_name(blob.name + ".incomplete")
@@ -436,7 +440,7 @@ def _git_oid(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock: Path, name: str, progress: Progress) -> Iterator[None]:
+def _locked(lock: Path, name: str, progress: PullProgress) -> Iterator[None]:
     """The client's own lock on one blob, so a parallel download of it waits for this one."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     fl = FileLock(str(lock), mode=0o664)
@@ -473,104 +477,19 @@ class _Counted:
         return getattr(self._f, name)
 
 
-# ---------------------------------------------------------------- the store
+# ---------------------------------------------------------------- recording in the store
 
 
 def _register(
     result: PullResult, listing: Listing, sel: Selection, paths: list[Path], force: bool
 ) -> Path:
-    if sel.kind == "safetensors":
-        return _register_checkpoint(result, listing, sel, paths)
-    quant = sel.quant or _file_quant(paths[0])
-    first = store.model_path(result.name, quant)
-    n = len(paths)
-    # Split parts keep llama.cpp's naming, which is how it finds parts 2..n from part 1.
-    dests = (
-        [first]
-        if n == 1
-        else [first.with_name(f"{first.stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
-    )
+    """Hand what was fetched to the store, which owns where and how it is recorded."""
     files = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in sel.files]
-    try:
-        with store.file_lock(dests[0]):  # the lock `rm` takes too
-            _check_replaceable(dests[0], listing.repo, f"{result.name}:{quant}", force)
-            for src, dest in zip(paths, dests, strict=True):
-                _link(src.resolve(), dest)
-            store.write_manifest(
-                dests[0],
-                name=result.name,
-                quant=quant,
-                repo=listing.repo,
-                revision=listing.commit,
-                sha256=sel.files[0].sha256,
-                ref=listing.revision,
-                files=files,
-                parts=[d.name for d in dests[1:]],
-                total_size=sum(f.size or 0 for f in sel.files),
-            )
-    except OSError as e:
-        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
-    return dests[0]
-
-
-def _register_checkpoint(
-    result: PullResult, listing: Listing, sel: Selection, paths: list[Path]
-) -> Path:
-    """A checkpoint stays in the cache; a manifest says where, for `llmrun quantize`."""
-    folder = paths[0].parent
-    manifest = {
-        "format": store.MANIFEST_FORMAT,
-        "kind": "safetensors",
-        "name": result.name,
-        "repo": listing.repo,
-        "revision": listing.commit,
-        "ref": listing.revision,
-        "path": str(folder),
-        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in sel.files],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = checkpoint_manifest(result.name)
-    try:
-        with store.file_lock(path):
-            store.write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
-    except OSError as e:
-        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
-    return folder
-
-
-def _check_replaceable(dest: Path, repo: str, tag: str, force: bool) -> None:
-    """A stored model from elsewhere (another repo, `llmrun quantize`) stays unless --force."""
-    if force or not dest.exists():
-        return
-    source = store.read_manifest(dest).get("repo")
-    if not isinstance(source, str) or source.lower() != repo.lower():
-        raise BadInput(
-            f"{tag} is already in the store, from {source or 'elsewhere'}",
-            "pass --force to replace it, or delete it first with `llmrun rm`",
-        )
-
-
-def checkpoint_manifest(name: str) -> Path:
-    """Where the manifest of a pulled safetensors checkpoint lives (not a GGUF: `list` skips it)."""
-    return store.models_dir() / store.check_name(name) / "checkpoint.json"
-
-
-def _link(src: Path, dest: Path) -> None:
-    """`dest` becomes the cached file without a second copy: a hard link, else a symlink."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        for make in (os.link, os.symlink, shutil.copyfile):
-            try:
-                make(src, tmp)
-                break
-            except OSError:
-                if make is shutil.copyfile:
-                    raise
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    where = {"repo": listing.repo, "commit": listing.commit, "ref": listing.revision}
+    if sel.kind == "safetensors":
+        return store.record_checkpoint(result.name, paths[0].parent, files=files, **where)
+    quant = sel.quant or _file_quant(paths[0])
+    return store.record_gguf(result.name, quant, paths, files=files, force=force, **where)
 
 
 def _file_quant(path: Path) -> str:
@@ -582,7 +501,7 @@ def purge(manifest: Mapping[str, Any]) -> list[Path]:
     other snapshot uses. Returns what was deleted."""
     repo, commit = manifest.get("repo"), manifest.get("revision")
     files = manifest.get("files") or []
-    if not (isinstance(repo, str) and _REPO_RE.match(repo) and _COMMIT_RE.match(str(commit))):
+    if not (isinstance(repo, str) and REPO_ID.match(repo) and _COMMIT_RE.match(str(commit))):
         return []
     folder = _repo_cache(repo)
     snapshot = folder / "snapshots" / commit
@@ -702,7 +621,7 @@ def _network_trouble(e: Exception) -> bool:
     )
 
 
-def _retrying(call: Callable[[], Any], progress: Progress) -> Any:
+def _retrying(call: Callable[[], Any], progress: PullProgress) -> Any:
     """`call()`, tried again after a pause while the Hub cannot be reached."""
     for delay in (*RETRY_DELAYS, None):
         try:
@@ -759,10 +678,3 @@ def _alias_of_repo(entries: Any, repo: str) -> ModelEntry | None:
         (e for e in entries if repo.lower() in {r.lower() for r in (e.repo, e.gguf_repo) if r}),
         None,
     )
-
-
-def _store_name(repo: str) -> str:
-    """`bartowski/SmolLM2-135M-Instruct-GGUF` -> `smollm2-135m-instruct`."""
-    name = repo.split("/", 1)[1]
-    name = re.sub(r"[-_.]gguf$", "", name, flags=re.IGNORECASE) or name
-    return name.lower()

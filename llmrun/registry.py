@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from llmrun.errors import BadOption, RegistryError
 from llmrun.options import PARAM_TYPES, check_param
+from llmrun.repofiles import REPO_ID
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +32,6 @@ FILENAME = "models.toml"
 
 # Lower-case so lookups can be case-insensitive; no ':' (tag) or '/' (Hub id).
 _ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-# Hub repo ids: "org/name" of letters, digits, '-', '_', '.'.
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # What a llama.cpp quant name looks like (upper-case). Whether a repo has that file,
 # or the quantizer supports it, is checked where it is used.
 _QUANT_RE = re.compile(
@@ -166,7 +165,7 @@ class _Invalid(ValueError):
 
 
 def _repo_id(v: Any) -> str:
-    if not isinstance(v, str) or not _REPO_RE.match(v):
+    if not isinstance(v, str) or not REPO_ID.match(v):
         raise _Invalid(f"must be a Hugging Face repo id 'org/name', got {v!r}")
     return v
 

@@ -18,6 +18,9 @@ from llmrun.errors import BadInput, HubError
 
 DEFAULT_QUANT = "Q4_K_M"
 
+# A Hub repo id, "org/name" of letters, digits, '-', '_', '.': the one pattern llmrun uses.
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
 # What converting a checkpoint needs, at the top of the repo; never *.bin/*.pth/*.onnx.
 CHECKPOINT_FILES = (
     "config.json",

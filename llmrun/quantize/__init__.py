@@ -13,14 +13,14 @@ pipeline.py     quantize(): all of the above, atomically
 from __future__ import annotations
 
 from llmrun.quantize.pipeline import Result, quantize
-from llmrun.quantize.progress import Progress
+from llmrun.quantize.progress import QuantizeProgress
 from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type, types_table
 
 __all__ = [
     "DEFAULT_TYPE",
     "TYPES",
-    "Progress",
     "QuantType",
+    "QuantizeProgress",
     "Result",
     "get_type",
     "quantize",

@@ -18,14 +18,14 @@ import llama_cpp
 
 from llmrun.engine import logs
 from llmrun.errors import EngineError
-from llmrun.quantize.progress import Progress
+from llmrun.quantize.progress import QuantizeProgress
 from llmrun.quantize.types import QuantType
 
 _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 POLL_SECONDS = 0.1
 
 
-def llama_quantize(src: Path, dest: Path, qtype: QuantType, progress: Progress) -> None:
+def llama_quantize(src: Path, dest: Path, qtype: QuantType, progress: QuantizeProgress) -> None:
     """Quantize the GGUF `src` into `dest` with all cores."""
     logs.install(verbose=False)
     params = llama_cpp.llama_model_quantize_default_params()

@@ -24,7 +24,7 @@ from llmrun.errors import BadInput, BadModelFile, StoreError
 from llmrun.quantize.archs import converter_for
 from llmrun.quantize.archs.base import Converter, TensorPlan
 from llmrun.quantize.checkpoint import open_checkpoint
-from llmrun.quantize.progress import Progress
+from llmrun.quantize.progress import QuantizeProgress
 from llmrun.quantize.selfcheck import self_check
 from llmrun.quantize.source import Source, find_source
 from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
@@ -58,7 +58,7 @@ def quantize(
     force: bool = False,
     keep_f16: bool = False,
     check: bool = True,
-    progress: Progress | None = None,
+    progress: QuantizeProgress | None = None,
     evaluate: Evaluate | None = None,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
@@ -67,7 +67,7 @@ def quantize(
     higher-precision file it was made from still exists (the input GGUF, or the
     F16/BF16 intermediate; None for a direct conversion).
     """
-    progress = progress or Progress()
+    progress = progress or QuantizeProgress()
     qtype = get_type(type)
     source = find_source(model)
     out = Path(output).expanduser() if output else store.model_path(source.name, qtype.name)
@@ -105,7 +105,7 @@ class _Job:
         self.conv.metadata(w)
         self.vocab.write(w)
 
-    def write(self, path: Path, qtype: QuantType, progress: Progress) -> None:
+    def write(self, path: Path, qtype: QuantType, progress: QuantizeProgress) -> None:
         assert self.conv is not None and self.plans is not None
         write_gguf(path, self.conv.arch_name, self.metadata, self.plans, qtype, progress)
 
@@ -115,7 +115,7 @@ class _Job:
         out: Path,
         keep_f16: bool,
         check: bool,
-        progress: Progress,
+        progress: QuantizeProgress,
         evaluate: Evaluate | None = None,
     ) -> Result:
         from llmrun.quantize.llama_quant import llama_quantize
@@ -164,7 +164,7 @@ class _Job:
         return result
 
 
-def _prepare(source: Source, progress: Progress) -> _Job:
+def _prepare(source: Source, progress: QuantizeProgress) -> _Job:
     if source.kind == "gguf":
         _check_requantizable(source.path)
         return _Job(source)
@@ -179,7 +179,9 @@ def _prepare(source: Source, progress: Progress) -> _Job:
     return _Job(source, conv, vocab, plans)
 
 
-def _check(path: Path, reference: Reference | None, check: bool, progress: Progress) -> None:
+def _check(
+    path: Path, reference: Reference | None, check: bool, progress: QuantizeProgress
+) -> None:
     if check:
         progress.stage("checking the file with llama.cpp")
         self_check(path, reference)

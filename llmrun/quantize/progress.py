@@ -7,7 +7,7 @@ command line passes a subclass that draws on stderr when it is a terminal.
 from __future__ import annotations
 
 
-class Progress:
+class QuantizeProgress:
     def note(self, text: str) -> None:
         """A one-line remark (a warning, a step); shown even when not a terminal."""
 

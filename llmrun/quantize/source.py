@@ -8,7 +8,6 @@ in the store (requantized; first, when MODEL names a quant). Nothing is download
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 from llmrun import store
 from llmrun.errors import BadModelFile, ModelNotFound
 from llmrun.registry import load_registry, split_tag
-from llmrun.repofiles import CHECKPOINT_FILES
+from llmrun.repofiles import CHECKPOINT_FILES, REPO_ID
+from llmrun.store import store_name
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUANT_SUFFIX = re.compile(r"[-.](F32|F16|BF16|Q\d\w*|IQ\d\w*)$", re.IGNORECASE)
 
 
@@ -55,7 +54,7 @@ def find_source(spec: str) -> Source:
     pulled = _pulled_checkpoint(entry.name if entry else name)
     if pulled is not None:
         return pulled
-    repo = entry.repo if entry else (name if _REPO_RE.match(name) else None)
+    repo = entry.repo if entry else (name if REPO_ID.match(name) else None)
     if repo:
         folder = _cached(repo, entry.revision if entry else None)
         if folder is not None:
@@ -70,12 +69,6 @@ def find_source(spec: str) -> Source:
     )
 
 
-def store_name(text: str) -> str:
-    """A folder or repo name as a valid store name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower()
-    return name or "model"
-
-
 def _folder(folder: Path) -> Source:
     # A snapshot of the Hugging Face cache: models--org--name/snapshots/<commit>
     parent = folder.resolve().parent
@@ -88,13 +81,11 @@ def _folder(folder: Path) -> Source:
 def _pulled_checkpoint(name: str) -> Source | None:
     """A checkpoint `llmrun pull` recorded under `name` (an alias or a repo's store name)."""
     candidates = [name]
-    if _REPO_RE.match(name):
+    if REPO_ID.match(name):
         candidates.append(store_name(name.split("/")[1]))
     for candidate in candidates:
-        manifest = store.models_dir() / store_name(candidate) / "checkpoint.json"
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        data = store.read_checkpoint(store_name(candidate))
+        if data is None:
             continue
         folder = Path(str(data.get("path", "")))
         if (folder / "config.json").is_file():

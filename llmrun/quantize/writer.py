@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as QT
 from llmrun.errors import BadInput
 from llmrun.quantize.archs.base import TensorPlan
 from llmrun.quantize.checkpoint import DTYPES, to_f32
-from llmrun.quantize.progress import Progress
+from llmrun.quantize.progress import QuantizeProgress
 from llmrun.quantize.types import QuantType
 
 CHUNK_ELEMENTS = 1 << 22  # values converted at a time: 16 MiB as float32
@@ -97,7 +97,7 @@ def write_gguf(
     add_metadata: Callable[[GGUFWriter], None],
     plans: list[TensorPlan],
     qtype: QuantType,
-    progress: Progress,
+    progress: QuantizeProgress,
 ) -> None:
     """Write a complete GGUF file at `path` (the caller makes that atomic)."""
     assert qtype.tensor_type is not None, f"{qtype.name} is not written directly"
