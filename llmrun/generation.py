@@ -62,7 +62,7 @@ def prepare(
     """Check every option and resolve the model; flags win over the model's models.toml params.
 
     A model that is not here yet is pulled first (`pull=False`: it is an error), reporting
-    to `progress` (see llmrun.hub.Progress).
+    to `progress` (see llmrun.hub.PullProgress).
     """
     given = {k: check_param(k, v) for k, v in sampling_flags.items() if v is not None}
     if system is not None:
