@@ -51,8 +51,8 @@ from llmrun.cli.common import (
     pick,
     print_error,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
-from llmrun.cli.run import print_stats
+from llmrun.cli.output import print_stats, progress_for_stderr
+from llmrun.cli.pull import NoPullOpt
 from llmrun.engine import load_model
 from llmrun.errors import BadInput, BadOption, LlmrunError
 from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS

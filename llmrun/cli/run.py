@@ -40,8 +40,8 @@ from llmrun.cli.common import (
     note_cpu_only,
     pick,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
-from llmrun.engine import Stats
+from llmrun.cli.output import print_stats, progress_for_stderr
+from llmrun.cli.pull import NoPullOpt
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
 
@@ -98,16 +98,6 @@ def read_prompt(words: list[str]) -> str:
             "no prompt given", 'pass one (llmrun run "Why is the sky blue?") or pipe text on stdin'
         )
     return prompt
-
-
-def print_stats(stats: Stats) -> None:
-    err.print(
-        f"load {stats.load_seconds:.2f} s | "
-        f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s | "
-        f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s"
-        + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else ""),
-        style="dim",
-    )
 
 
 @app.command("run")

@@ -32,7 +32,8 @@ from llmrun.cli.common import (
     note_cpu_only,
     pick,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
+from llmrun.cli.output import progress_for_stderr
+from llmrun.cli.pull import NoPullOpt
 from llmrun.errors import LlmrunError
 
 HostOpt = Annotated[
