@@ -35,6 +35,7 @@ from llmrun.cli.common import (
     MinPOpt,
     ModelArg,
     NglOpt,
+    NoPullOpt,
     RepeatPenaltyOpt,
     RpcOpt,
     SeedOpt,
@@ -52,7 +53,6 @@ from llmrun.cli.common import (
     print_error,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
-from llmrun.cli.pull import NoPullOpt
 from llmrun.engine import load_model
 from llmrun.errors import BadInput, BadOption, LlmrunError
 from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS

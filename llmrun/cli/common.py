@@ -203,3 +203,9 @@ LOAD_FLAGS = (
 def pick(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """The subset of a command's arguments that a library function takes."""
     return {name: values[name] for name in names if name in values}
+
+
+# For the commands that pull a missing model first (run, chat).
+NoPullOpt = Annotated[
+    bool, typer.Option("--no-pull", help="Never download: use only models already here.")
+]

@@ -47,10 +47,6 @@ DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Say what would be downloaded; download nothing.")
 ]
 
-# For the commands that pull a missing model first (run, chat).
-NoPullOpt = Annotated[
-    bool, typer.Option("--no-pull", help="Never download: use only models already here.")
-]
 
 
 @app.command("pull")

@@ -24,6 +24,7 @@ from llmrun.cli.common import (
     MaxTokensOpt,
     MinPOpt,
     NglOpt,
+    NoPullOpt,
     RawOpt,
     RepeatPenaltyOpt,
     RpcOpt,
@@ -41,7 +42,6 @@ from llmrun.cli.common import (
     pick,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
-from llmrun.cli.pull import NoPullOpt
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
 

@@ -17,6 +17,7 @@ from llmrun.cli.common import (
     MinPOpt,
     ModelArg,
     NglOpt,
+    NoPullOpt,
     RepeatPenaltyOpt,
     RpcOpt,
     SeedOpt,
@@ -33,7 +34,6 @@ from llmrun.cli.common import (
     pick,
 )
 from llmrun.cli.output import progress_for_stderr
-from llmrun.cli.pull import NoPullOpt
 from llmrun.errors import LlmrunError
 
 HostOpt = Annotated[
