@@ -25,31 +25,14 @@ from rich.markup import escape
 from llmrun import generation, store
 from llmrun.chat import ChatSession, Reply, saved_chats
 from llmrun.cli.common import (
-    LOAD_FLAGS,
-    SAMPLING_FLAGS,
-    CacheTypeKOpt,
-    CacheTypeVOpt,
-    CtxOpt,
-    FlashAttnOpt,
-    MaxTokensOpt,
-    MinPOpt,
+    GenerationOptions,
     ModelArg,
-    NglOpt,
     NoPullOpt,
-    RepeatPenaltyOpt,
-    RpcOpt,
-    SeedOpt,
-    StopOpt,
     SystemOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    VerboseOpt,
     app,
     err,
+    generation_options,
     note_cpu_only,
-    pick,
     print_error,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
@@ -394,27 +377,13 @@ def answer_all(session: ChatSession, messages: Iterable[str], verbose: bool) -> 
 
 
 @app.command("chat")
+@generation_options()
 def chat_command(
     model: ModelArg = None,
     system: SystemOpt = None,
     markdown: MarkdownOpt = False,
     batch: BatchOpt = False,
-    n_gpu_layers: NglOpt = "auto",
-    ctx_size: CtxOpt = None,
-    threads: ThreadsOpt = None,
-    temp: TempOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repeat_penalty: RepeatPenaltyOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    flash_attn: FlashAttnOpt = "auto",
-    cache_type_k: CacheTypeKOpt = "f16",
-    cache_type_v: CacheTypeVOpt = "f16",
-    verbose: VerboseOpt = False,
-    rpc: RpcOpt = None,
+    options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
@@ -424,16 +393,14 @@ def chat_command(
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
-    flags = locals()
     prepared = generation.prepare(
         model,
         system=system,
-        **pick(flags, SAMPLING_FLAGS),
-        **pick(flags, LOAD_FLAGS),
+        **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )
-    note_cpu_only(n_gpu_layers, rpc)
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     interactive = sys.stdin.isatty() and not batch
     if not interactive:
         text = sys.stdin.read() if batch else None
@@ -444,6 +411,6 @@ def chat_command(
     engine = load_model(prepared.resolved.path, prepared.load)
     session = ChatSession(engine, prepared.sampling, prepared.system, name=prepared.resolved.name)
     if interactive:
-        Repl(session, markdown=markdown, verbose=verbose).loop()
+        Repl(session, markdown=markdown, verbose=options.verbose).loop()
     else:
-        answer_all(session, [text] if batch else sys.stdin, verbose)
+        answer_all(session, [text] if batch else sys.stdin, options.verbose)
