@@ -38,7 +38,7 @@ from llmrun.cli.common import (
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.engine import load_model
 from llmrun.errors import BadInput, BadOption, LlmrunError
-from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS
+from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS, spellings
 
 PROMPT = ">>> "
 MORE = "... "  # inside a \"\"\" block
@@ -317,8 +317,8 @@ COMMANDS: dict[str, Command] = {
     ),
 }
 
-# What /set accepts besides the parameter names: the flags' spellings.
-SET_ALIASES = {"n": "max_tokens", "s": "seed", "temperature": "temp"}
+# What /set accepts: the parameter names and the flags' spellings (system is its own).
+SET_SPELLINGS = spellings("set")
 PARSERS: dict[type, Callable[[str], Any]] = {float: float, int: int, str: str, list: shlex.split}
 CLEAR_WORDS = ("none", "off", "''", '""')
 
@@ -327,7 +327,7 @@ def parse_setting(arg: str) -> tuple[str, Any]:
     """`temp 0.7` -> ("temp", 0.7); flag spellings (`--top-k`, `-n`) work too."""
     word, _, raw = arg.partition(" ")
     key = word.lstrip("-").replace("-", "_").lower()
-    name = SET_ALIASES.get(key, key)
+    name = SET_SPELLINGS.get(key, key)
     if name not in SAMPLING_CHECKS and name != "system":
         raise BadOption(f"unknown option {word!r}", "/set alone lists them")
     raw = raw.strip()
