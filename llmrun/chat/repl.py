@@ -44,7 +44,7 @@ class Terminal:
     stats: Callable[[Stats], None]
 
     def notice(self, text: str) -> None:
-        self.self.term.err.print(text, style="dim", markup=False)
+        self.err.print(text, style="dim", markup=False)
 
 
 def note_dropped(term: Terminal, reply: Reply, n_ctx: int) -> None:
