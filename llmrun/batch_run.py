@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from llmrun.engine.template import ChatTemplate
 from llmrun.errors import BadInput, LlmrunError
 from llmrun.generation import grammar_for, prepare
-from llmrun.options import Sampling, check_param
+from llmrun.options import Sampling, check_param, spellings
 from llmrun.prompt import chat_tokens, raw_tokens
 
 if TYPE_CHECKING:
@@ -31,17 +31,7 @@ if TYPE_CHECKING:
 STDIN_MARK = "-"
 DEFAULT_PARALLEL = 4
 # Per-line key -> llmrun's name for it. OpenAI's spelling of temperature is welcome too.
-SAMPLING_KEYS = {
-    "temp": "temp",
-    "temperature": "temp",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "repeat_penalty": "repeat_penalty",
-    "max_tokens": "max_tokens",
-    "seed": "seed",
-    "stop": "stop",
-}
+SAMPLING_KEYS = spellings("batch")
 LINE_OPTIONS = frozenset({"prompt", "messages", "system", "raw", "id", *SAMPLING_KEYS})
 ROLES = frozenset({"system", "user", "assistant"})
 

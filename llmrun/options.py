@@ -2,6 +2,8 @@
 
 The CLI flags, models.toml `[params]` and the engine all use these names, so a
 per-model default, a flag and a library keyword are the same thing.
+The other spellings the API, JSONL batch lines and the chat's /set accept are one
+alias table (ALIASES), with per surface which of them it takes (SURFACES).
 Precedence: flag > models.toml entry > built-in default (llama.cpp's defaults).
 """
 
@@ -61,6 +63,38 @@ SAMPLING_CHECKS: dict[str, tuple[type, Callable[[Any], str | None] | None]] = {
     "seed": (int, _seed),
     "stop": (list, None),
 }
+
+# Other spellings of the sampling names: OpenAI's, and the short flags' letters.
+ALIASES: dict[str, str] = {
+    "temperature": "temp",
+    "max_completion_tokens": "max_tokens",
+    "n": "max_tokens",
+    "s": "seed",
+}
+
+
+@dataclass(frozen=True)
+class Spellings:
+    """Which spellings of the sampling names one surface (API, JSONL line, /set) accepts."""
+
+    aliases: tuple[str, ...]  # keys of ALIASES it takes too
+    without: tuple[str, ...] = ()  # sampling names it does not take under their own name
+
+
+SURFACES: dict[str, Spellings] = {
+    # OpenAI's names; top_k, min_p and repeat_penalty as llama.cpp's server spells them.
+    "api": Spellings(("temperature", "max_completion_tokens"), without=("temp",)),
+    "batch": Spellings(("temperature",)),  # a JSONL line may be written for the OpenAI API
+    "set": Spellings(("n", "s", "temperature")),  # what one types after the flags
+}
+
+
+def spellings(surface: str) -> dict[str, str]:
+    """Spelling -> sampling name, for everything `surface` accepts."""
+    spec = SURFACES[surface]
+    own = {name: name for name in SAMPLING_CHECKS if name not in spec.without}
+    return own | {alias: ALIASES[alias] for alias in spec.aliases}
+
 
 # Keys a models.toml `[models.X.params]` table may hold: the sampling options plus
 # a default system prompt.

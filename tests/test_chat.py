@@ -357,13 +357,13 @@ def test_markdown_redraws_the_finished_reply(smollm2: Path) -> None:
     ],
 )
 def test_set_takes_names_and_flag_spellings(typed_: str, expected: tuple) -> None:
-    from llmrun.cli.chat import parse_setting
+    from llmrun.chat.repl import parse_setting
 
     assert parse_setting(typed_) == expected
 
 
 def test_screen_rows_counts_wrapped_lines() -> None:
-    from llmrun.cli.chat import screen_rows
+    from llmrun.chat.repl import screen_rows
 
     assert screen_rows("short", 80) == 1
     assert screen_rows("a" * 80, 80) == 1

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import LOAD_FLAGS, SAMPLING_FLAGS, err, note_cpu_only, pick, print_error
+from llmrun.cli.common import GenerationOptions, err, note_cpu_only, print_error
 from llmrun.errors import BadInput, LlmrunError
 
 BatchOpt = Annotated[
@@ -40,37 +40,48 @@ BatchParallelOpt = Annotated[
 ]
 
 
-def batch_command(args: list[str], flags: dict[str, Any]) -> None:
-    """`run --batch` (or its options without it): args may hold MODEL only; flags are run's."""
+def batch_command(
+    args: list[str],
+    options: GenerationOptions,
+    *,
+    batch: str | None,
+    output: Path | None,
+    parallel: int | None,
+    system: str | None,
+    raw: bool,
+    format: str | None,
+    json_schema: Path | None,
+    pull: bool,
+) -> None:
+    """`run --batch` (or its options without it): args may hold MODEL only; the rest is run's."""
     from llmrun.batch_run import DEFAULT_PARALLEL, run_batch
-    from llmrun.cli.pull import progress_for_stderr
+    from llmrun.cli.output import progress_for_stderr
 
-    if flags["batch"] is None:
+    if batch is None:
         raise BadInput("-o/--output and --parallel go with --batch FILE")
     if len(args) > 1:
         raise BadInput("--batch takes its prompts from the file", "give only MODEL, or none")
-    if flags.get("output") is not None and flags["output"].is_dir():
-        raise BadInput(f"-o {flags['output']} is a directory")
-    if flags.get("parallel") is not None and flags["parallel"] < 1:
-        raise BadInput(f"--parallel must be >= 1, got {flags['parallel']}")
-    note_cpu_only(flags["n_gpu_layers"], flags.get("rpc"))
+    if output is not None and output.is_dir():
+        raise BadInput(f"-o {output} is a directory")
+    if parallel is not None and parallel < 1:
+        raise BadInput(f"--parallel must be >= 1, got {parallel}")
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     summary = run_batch(
         args[0] if args else None,
-        flags["batch"],
-        flags.get("output"),
-        system=flags["system"],
-        raw=flags["raw"],
-        format=flags["format"],
-        json_schema=flags["json_schema"],
-        parallel=flags.get("parallel") or DEFAULT_PARALLEL,
+        batch,
+        output,
+        system=system,
+        raw=raw,
+        format=format,
+        json_schema=json_schema,
+        parallel=parallel or DEFAULT_PARALLEL,
         report=print_error,
         bar=err if err.is_terminal else None,
-        **pick(flags, SAMPLING_FLAGS),
-        **pick(flags, LOAD_FLAGS),
-        pull=not flags.get("no_pull", False),
+        **options.library(),
+        pull=pull,
         progress=progress_for_stderr(),
     )
-    if flags["verbose"] and summary.seconds:
+    if options.verbose and summary.seconds:
         err.print(
             f"{summary.done} answered in {summary.seconds:.1f} s | prompts "
             f"{summary.prompt_tokens} tokens | generated {summary.completion_tokens} tokens, "

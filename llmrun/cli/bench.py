@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from llmrun import bench
-from llmrun.cli.common import FlashAttnOpt, NglOpt, RpcOpt, ThreadsOpt, app, err, note_cpu_only
+from llmrun.cli.common import GenerationOptions, app, err, generation_options, note_cpu_only
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[
@@ -35,15 +35,14 @@ MdFmt = Annotated[bool, typer.Option("--md", help="Print a Markdown table on std
 
 
 @app.command("bench")
+# The load flags a benchmark honours; sampling does not change tokens/s.
+@generation_options(("threads", "n_gpu_layers", "flash_attn", "rpc"))
 def bench_cmd(
     models: ModelsArg = None,
     n_prompt: PromptOpt = 512,
     n_gen: GenOpt = 128,
     repetitions: RepsOpt = 5,
-    threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = "auto",
-    flash_attn: FlashAttnOpt = "auto",
-    rpc: RpcOpt = None,
+    options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     vs_llama_bench: VsOpt = False,
     json: JsonFmt = False,
     csv: CsvFmt = False,
@@ -59,7 +58,7 @@ def bench_cmd(
     chosen = [name for name, on in (("json", json), ("csv", csv), ("md", md)) if on]
     if len(chosen) > 1:
         raise BadOption(f"choose one output format, got --{' and --'.join(chosen)}")
-    note_cpu_only(n_gpu_layers, rpc)
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     # A spinner that says which model and test is running, only for a person at a terminal.
     status = err.status("bench") if err.is_terminal else contextlib.nullcontext()
     with status as shown:
@@ -68,10 +67,10 @@ def bench_cmd(
             n_prompt=n_prompt,
             n_gen=n_gen,
             repetitions=repetitions,
-            threads=threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=flash_attn,
-            rpc=rpc,
+            threads=options.threads,
+            n_gpu_layers=options.n_gpu_layers,
+            flash_attn=options.flash_attn,
+            rpc=options.rpc,
             vs_llama_bench=vs_llama_bench,
             progress=shown.update if shown is not None else None,
         )

@@ -1,67 +1,33 @@
 """`llmrun chat [MODEL]`: a chat at a terminal, or one reply per line of piped stdin.
 
-The conversation itself is `llmrun.chat.ChatSession`; this module reads input (readline: line
-editing, history in LLMRUN_HOME/chat_history, bracketed paste, `\"\"\"` blocks), runs the slash
-commands from one table, and prints the replies.
+Only the wiring: the conversation is `llmrun.chat.ChatSession`, the REPL and the piped-stdin
+loop are `llmrun.chat.repl`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import shlex
-import shutil
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markdown import Markdown
-from rich.markup import escape
 
-from llmrun import generation, store
-from llmrun.chat import ChatSession, Reply, saved_chats
+from llmrun import generation
+from llmrun.chat import ChatSession
+from llmrun.chat.repl import Repl, Terminal, answer_all
 from llmrun.cli.common import (
-    LOAD_FLAGS,
-    SAMPLING_FLAGS,
-    CacheTypeKOpt,
-    CacheTypeVOpt,
-    CtxOpt,
-    FlashAttnOpt,
-    MaxTokensOpt,
-    MinPOpt,
+    GenerationOptions,
     ModelArg,
-    NglOpt,
-    RepeatPenaltyOpt,
-    RpcOpt,
-    SeedOpt,
-    StopOpt,
+    NoPullOpt,
     SystemOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    VerboseOpt,
     app,
     err,
+    generation_options,
     note_cpu_only,
-    pick,
     print_error,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
-from llmrun.cli.run import print_stats
+from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.engine import load_model
-from llmrun.errors import BadInput, BadOption, LlmrunError
-from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS
-
-PROMPT = ">>> "
-MORE = "... "  # inside a \"\"\" block
-BLOCK = '"""'
-HISTORY_FILE = "chat_history"
-HISTORY_SIZE = 1000
+from llmrun.errors import BadInput
 
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Render each finished reply as Markdown.")
@@ -72,349 +38,17 @@ BatchOpt = Annotated[
 ]
 
 
-def notice(text: str) -> None:
-    err.print(text, style="dim", markup=False)
-
-
-def note_dropped(reply: Reply, n_ctx: int) -> None:
-    if reply.dropped:
-        notice(f"dropped the {reply.dropped} oldest turn(s) to fit the context ({n_ctx} tokens)")
-
-
-def note_context_end(reply: Reply, n_ctx: int) -> None:
-    if reply.stop_reason == "context":
-        notice(
-            f"the reply reached the end of the context ({n_ctx} tokens); "
-            "the oldest turns will make room for the next"
-        )
-
-
-# ---------------------------------------------------------------- input
-
-
-class LineReader:
-    """input() with readline when there is one: editing, history across sessions, paste."""
-
-    def __init__(self, history: Path | None) -> None:
-        self.history = history
-        try:
-            import readline
-        except ImportError:  # Windows without pyreadline: plain input() still works
-            self.readline = None
-            return
-        self.readline = readline
-        if "libedit" not in (readline.__doc__ or ""):
-            # CPython turns bracketed paste off; with it on, a pasted block is one message.
-            readline.parse_and_bind("set enable-bracketed-paste on")
-        if history is not None:
-            with contextlib.suppress(OSError):
-                readline.read_history_file(history)
-            readline.set_history_length(HISTORY_SIZE)
-            with contextlib.suppress(OSError), store.atomic_write(history) as tmp:
-                readline.write_history_file(tmp)  # trimmed to HISTORY_SIZE
-
-    def __call__(self, prompt: str) -> str:
-        rl = self.readline
-        before = rl.get_current_history_length() if rl else 0
-        line = input(prompt)
-        if rl and self.history is not None and rl.get_current_history_length() > before:
-            with contextlib.suppress(OSError):  # a history we cannot write is no reason to stop
-                rl.append_history_file(1, self.history)
-        return line
-
-    def typed(self) -> str:
-        """What was on the line when Ctrl-C came."""
-        return self.readline.get_line_buffer() if self.readline else ""
-
-
-# ---------------------------------------------------------------- the REPL
-
-
-@dataclass(frozen=True)
-class Command:
-    run: Callable[[Repl, str], bool | None]  # True: leave the chat
-    help: str
-    args: str = ""
-
-
-class Repl:
-    def __init__(self, session: ChatSession, *, markdown: bool, verbose: bool) -> None:
-        self.session = session
-        self.markdown = markdown and sys.stdout.isatty()
-        self.verbose = verbose
-        self.read = LineReader(store.home() / HISTORY_FILE)
-        self.out = Console(highlight=False, emoji=False)  # stdout, for Markdown
-
-    def loop(self) -> None:
-        n_ctx = self.session.model.n_ctx
-        notice(
-            f"{self.session.name} · context {n_ctx} tokens · "
-            f"/help for commands, /bye or Ctrl-D to leave"
-        )
-        while (text := self.read_message()) is not None:
-            try:
-                if text.startswith("/") and "\n" not in text:
-                    if self.command(text):
-                        return
-                elif text.strip():
-                    self.show(self.session.send(text.strip()))
-            except LlmrunError as e:
-                print_error(str(e))
-            except KeyboardInterrupt:  # during a command: stop it, keep the chat
-                sys.stdout.write("\n")
-
-    def read_message(self) -> str | None:
-        """The next message or command; None to leave (Ctrl-D, Ctrl-C at an empty prompt)."""
-        while True:
-            try:
-                line = self.read(PROMPT)
-                if line.lstrip().startswith(BLOCK):
-                    return self.read_block(line.lstrip()[len(BLOCK) :])
-                return line
-            except EOFError:
-                sys.stdout.write("\n")
-                return None
-            except KeyboardInterrupt:
-                if not self.read.typed():
-                    sys.stdout.write("\n")
-                    return None
-                sys.stdout.write("\n")  # like a shell: drop the line, prompt again
-
-    def read_block(self, text: str) -> str:
-        """The text up to a closing \"\"\" (which may end the first line); Ctrl-C drops it."""
-        while not text.rstrip().endswith(BLOCK):
-            try:
-                text += "\n" + self.read(MORE)
-            except KeyboardInterrupt:
-                sys.stdout.write("\n")
-                return ""
-        return text.rstrip()[: -len(BLOCK)].strip()
-
-    def command(self, text: str) -> bool:
-        name, _, arg = text.strip().partition(" ")
-        cmd = COMMANDS.get(name.lower())
-        if cmd is None:
-            print_error(
-                f"unknown command {name}",
-                "/help lists them; start the line with a space to send it as a message",
-            )
-            return False
-        return bool(cmd.run(self, arg.strip()))
-
-    def show(self, reply: Reply) -> None:
-        """Stream a reply to stdout; Ctrl-C stops it and keeps what came."""
-        n_ctx = self.session.model.n_ctx
-        note_dropped(reply, n_ctx)
-        out = sys.stdout
-        try:
-            for piece in reply:
-                out.write(piece)
-                out.flush()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            reply.close()
-        if not reply.text.endswith("\n"):
-            out.write("\n")
-        out.flush()
-        if reply.interrupted:
-            notice("[interrupted]")
-        elif reply.stop_reason == "context":
-            note_context_end(reply, n_ctx)
-        elif self.markdown:
-            self.render_markdown(reply.text)
-        if self.verbose and reply.stats:
-            print_stats(reply.stats)
-
-    def render_markdown(self, text: str) -> None:
-        """Replace the streamed text by its Markdown rendering, when all of it is on screen."""
-        size = shutil.get_terminal_size()
-        rows = screen_rows(text, size.columns)
-        if rows >= size.lines:
-            return  # the top has scrolled away and cannot be redrawn
-        sys.stdout.write(f"\x1b[{rows}F\x1b[J")  # to the first line of the reply, then erase
-        self.out.print(Markdown(text))
-
-    # ------------------------------------------------------------ commands
-
-    def cmd_help(self, _: str) -> None:
-        for name, cmd in COMMANDS.items():
-            err.print(f"  {escape(name + ' ' + cmd.args):<18} {escape(cmd.help)}")
-        err.print(
-            f"  {BLOCK} ... {BLOCK:<9} a message of several lines (a paste works too)\n"
-            "  Ctrl-C             stop the reply; at an empty prompt, leave\n"
-            "  Ctrl-D             leave",
-            markup=False,
-        )
-
-    def cmd_exit(self, _: str) -> bool:
-        return True
-
-    def cmd_clear(self, _: str) -> None:
-        self.session.clear()
-        notice("new conversation")
-
-    def cmd_system(self, arg: str) -> None:
-        if not arg:
-            current = self.session.system
-            notice(f"system prompt: {current}" if current else "no system prompt set")
-            return
-        self.session.set("system", arg)
-        notice("system prompt set")
-
-    def cmd_set(self, arg: str) -> None:
-        if not arg:
-            for name, value in self.session.options().items():
-                err.print(f"  {name:<15} {value!r}", markup=False)
-            return
-        name, value = parse_setting(arg)
-        self.session.set(name, value)
-        notice(f"{name} = {value!r}")
-
-    def cmd_show(self, _: str) -> None:
-        s = self.session
-        turns = sum(m["role"] == "user" for m in s.messages)
-        dropped = sum(m["role"] == "user" for m in s.messages[: s.start])
-        options = ", ".join(f"{k}={v!r}" for k, v in s.options().items())
-        for label, value in (
-            ("model", f"{s.name} ({s.model.path})"),
-            ("context", f"{s.context_used()} / {s.model.n_ctx} tokens"),
-            ("turns", f"{turns}" + (f" ({dropped} out of the window)" if dropped else "")),
-            ("system", s.system if s.system is not None else "(the template's default)"),
-            ("options", options),
-        ):
-            err.print(f"  {label:<8} {value}", markup=False)
-
-    def cmd_save(self, arg: str) -> None:
-        if not arg:
-            raise BadInput("usage: /save NAME")
-        path = self.session.save(arg)
-        notice(f"saved {len(self.session.messages)} messages to {path}")
-
-    def cmd_load(self, arg: str) -> None:
-        if not arg:
-            notice(f"saved chats: {', '.join(saved_chats()) or 'none yet'}")
-            return
-        data = self.session.load(arg)
-        note = f" (saved with {data['model']})" if data.get("model") != self.session.name else ""
-        notice(f"loaded {len(self.session.messages)} messages from {arg}{note}")
-
-    def cmd_retry(self, _: str) -> None:
-        self.show(self.session.retry())
-
-    def cmd_stats(self, _: str) -> None:
-        last = self.session.last
-        if last is None or last.stats is None:
-            notice("no reply yet")
-            return
-        st = last.stats
-        err.print(
-            f"  prompt {st.prompt_tokens} tokens evaluated, {st.reused_tokens} reused from cache"
-            f"\n  first token after {st.first_token_seconds:.3f} s"
-            f"\n  {st.gen_tokens} tokens at {st.gen_tps:.1f} tokens/s, stopped by {st.stop_reason}",
-            markup=False,
-        )
-
-
-COMMANDS: dict[str, Command] = {
-    "/help": Command(Repl.cmd_help, "this list"),
-    "/exit": Command(Repl.cmd_exit, "leave (also /bye)"),
-    "/bye": Command(Repl.cmd_exit, "leave"),
-    "/clear": Command(Repl.cmd_clear, "a new conversation (keeps the system prompt and settings)"),
-    "/system": Command(Repl.cmd_system, "set the system prompt (alone: show it)", "TEXT"),
-    "/set": Command(
-        Repl.cmd_set, "set a sampling option, e.g. /set temp 0.7 (alone: list them)", "NAME VALUE"
-    ),
-    "/show": Command(Repl.cmd_show, "model, context used, options"),
-    "/save": Command(Repl.cmd_save, "save the conversation to LLMRUN_HOME/chats/NAME.json", "NAME"),
-    "/load": Command(Repl.cmd_load, "load a saved conversation (alone: list them)", "NAME"),
-    "/retry": Command(Repl.cmd_retry, "generate the last reply again"),
-    "/stats": Command(
-        Repl.cmd_stats, "prompt tokens, time to first token, tokens/s of the last reply"
-    ),
-}
-
-# What /set accepts besides the parameter names: the flags' spellings.
-SET_ALIASES = {"n": "max_tokens", "s": "seed", "temperature": "temp"}
-PARSERS: dict[type, Callable[[str], Any]] = {float: float, int: int, str: str, list: shlex.split}
-CLEAR_WORDS = ("none", "off", "''", '""')
-
-
-def parse_setting(arg: str) -> tuple[str, Any]:
-    """`temp 0.7` -> ("temp", 0.7); flag spellings (`--top-k`, `-n`) work too."""
-    word, _, raw = arg.partition(" ")
-    key = word.lstrip("-").replace("-", "_").lower()
-    name = SET_ALIASES.get(key, key)
-    if name not in SAMPLING_CHECKS and name != "system":
-        raise BadOption(f"unknown option {word!r}", "/set alone lists them")
-    raw = raw.strip()
-    if not raw:
-        raise BadOption(f"usage: /set {name} VALUE")
-    typ = PARAM_TYPES[name]
-    if typ is list and raw.lower() in CLEAR_WORDS:  # `/set stop none`: no stop strings
-        return name, []
-    try:
-        return name, PARSERS[typ](raw)
-    except ValueError:
-        flag = FLAG_NAMES.get(name, name)
-        raise BadOption(f"{flag} must be {typ.__name__}, got {raw!r}") from None
-
-
-def screen_rows(text: str, columns: int) -> int:
-    """Terminal rows that `text` and the newline after it take at this width."""
-    from rich.cells import cell_len
-
-    lines = text.removesuffix("\n").split("\n")
-    return sum(max(1, math.ceil(cell_len(line) / max(columns, 1))) for line in lines)
-
-
-# ---------------------------------------------------------------- not a terminal
-
-
-def answer_all(session: ChatSession, messages: Iterable[str], verbose: bool) -> None:
-    """One reply per message on stdout, nothing else there; notices on stderr."""
-    out = sys.stdout
-    for raw in messages:
-        text = raw.strip()
-        if not text:
-            continue
-        reply = session.send(text)
-        note_dropped(reply, session.model.n_ctx)
-        for piece in reply:
-            out.write(piece)
-            out.flush()
-        out.write("" if reply.text.endswith("\n") else "\n")
-        out.flush()
-        note_context_end(reply, session.model.n_ctx)
-        if verbose and reply.stats:
-            print_stats(reply.stats)
-
-
 # ---------------------------------------------------------------- the command
 
 
 @app.command("chat")
+@generation_options()
 def chat_command(
     model: ModelArg = None,
     system: SystemOpt = None,
     markdown: MarkdownOpt = False,
     batch: BatchOpt = False,
-    n_gpu_layers: NglOpt = "auto",
-    ctx_size: CtxOpt = None,
-    threads: ThreadsOpt = None,
-    temp: TempOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repeat_penalty: RepeatPenaltyOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    flash_attn: FlashAttnOpt = "auto",
-    cache_type_k: CacheTypeKOpt = "f16",
-    cache_type_v: CacheTypeVOpt = "f16",
-    verbose: VerboseOpt = False,
-    rpc: RpcOpt = None,
+    options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
@@ -424,16 +58,14 @@ def chat_command(
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
-    flags = locals()
     prepared = generation.prepare(
         model,
         system=system,
-        **pick(flags, SAMPLING_FLAGS),
-        **pick(flags, LOAD_FLAGS),
+        **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )
-    note_cpu_only(n_gpu_layers, rpc)
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     interactive = sys.stdin.isatty() and not batch
     if not interactive:
         text = sys.stdin.read() if batch else None
@@ -443,7 +75,8 @@ def chat_command(
             )
     engine = load_model(prepared.resolved.path, prepared.load)
     session = ChatSession(engine, prepared.sampling, prepared.system, name=prepared.resolved.name)
+    term = Terminal(err, print_error, print_stats)
     if interactive:
-        Repl(session, markdown=markdown, verbose=verbose).loop()
+        Repl(session, term, markdown=markdown, verbose=options.verbose).loop()
     else:
-        answer_all(session, [text] if batch else sys.stdin, verbose)
+        answer_all(session, [text] if batch else sys.stdin, term, verbose=options.verbose)

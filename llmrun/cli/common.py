@@ -1,13 +1,18 @@
 """What every command shares: the app, the stderr console, and the shared options.
 
-Options are `Annotated` aliases defined once; a command lists the ones it takes
-and hands them on under the same names to the library.
+Options are `Annotated` aliases defined once. The load and sampling flags that run, chat,
+serve and bench share are one `GenerationOptions`, added to a command by
+`@generation_options()` and handed on under the same names to the library.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from llmrun.options import parse_gpu_layers
+from llmrun.options import SAMPLING_CHECKS, parse_gpu_layers
 
 app = typer.Typer(
     name="llmrun",
@@ -187,19 +192,102 @@ def note_cpu_only(n_gpu_layers: str, rpc: str | None = None) -> None:
     )
 
 
-SAMPLING_FLAGS = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "max_tokens", "seed", "stop")
-LOAD_FLAGS = (
-    "n_gpu_layers",
-    "ctx_size",
-    "threads",
-    "flash_attn",
-    "cache_type_k",
-    "cache_type_v",
-    "verbose",
-    "rpc",
-)
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The load and sampling flags as given; None (or the flag's default) means not given.
+
+    Field order is the order the flags appear in --help.
+    """
+
+    n_gpu_layers: str = "auto"
+    ctx_size: int | None = None
+    threads: int | None = None
+    temp: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    flash_attn: str = "auto"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    verbose: bool = False
+    rpc: str | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """The keywords the library takes for sampling (temp=..., stop=...)."""
+        return {name: getattr(self, name) for name in SAMPLING_CHECKS if name in FLAG_PARAMS}
+
+    def load(self) -> dict[str, Any]:
+        """The keywords the library takes for loading (n_gpu_layers=..., rpc=...)."""
+        return {name: getattr(self, name) for name in FLAG_PARAMS if name not in SAMPLING_CHECKS}
+
+    def library(self) -> dict[str, Any]:
+        """sampling() and load() together: what generation.run/prepare and serve take."""
+        return {**self.sampling(), **self.load()}
 
 
-def pick(values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """The subset of a command's arguments that a library function takes."""
-    return {name: values[name] for name in names if name in values}
+# Field name -> its Typer parameter: the one place these flags are declared for commands.
+FLAG_PARAMS: dict[str, Any] = {
+    "n_gpu_layers": NglOpt,
+    "ctx_size": CtxOpt,
+    "threads": ThreadsOpt,
+    "temp": TempOpt,
+    "top_k": TopKOpt,
+    "top_p": TopPOpt,
+    "min_p": MinPOpt,
+    "repeat_penalty": RepeatPenaltyOpt,
+    "max_tokens": MaxTokensOpt,
+    "seed": SeedOpt,
+    "stop": StopOpt,
+    "flash_attn": FlashAttnOpt,
+    "cache_type_k": CacheTypeKOpt,
+    "cache_type_v": CacheTypeVOpt,
+    "verbose": VerboseOpt,
+    "rpc": RpcOpt,
+}
+ALL_FLAGS = tuple(FLAG_PARAMS)
+
+
+def generation_options(
+    names: tuple[str, ...] = ALL_FLAGS, param: str = "options"
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the flags `names` in place of its parameter `param: GenerationOptions`.
+
+    Typer reads a command's parameters from its signature, so the wrapper's signature lists
+    the flags where `param` stood; the wrapper gathers them back into one GenerationOptions.
+    """
+    defaults = {f.name: f.default for f in fields(GenerationOptions)}
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func, eval_str=True)
+        params: list[inspect.Parameter] = []
+        for p in signature.parameters.values():
+            if p.name != param:
+                params.append(p)
+                continue
+            params += [
+                inspect.Parameter(
+                    name, p.kind, annotation=FLAG_PARAMS[name], default=defaults[name]
+                )
+                for name in names
+            ]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return func(*args, **kwargs, **{param: GenerationOptions(**given)})
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+# For the commands that pull a missing model first (run, chat).
+NoPullOpt = Annotated[
+    bool, typer.Option("--no-pull", help="Never download: use only models already here.")
+]

@@ -20,7 +20,7 @@ from llmrun.cli.common import (
     note_cpu_only,
     print_json,
 )
-from llmrun.cli.models import print_fields
+from llmrun.cli.output import print_fields
 from llmrun.evaluate import EvalResult, Progress, evaluate
 
 RefOpt = Annotated[

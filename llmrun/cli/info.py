@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from llmrun.cli.common import JsonOpt, RpcOpt, app, print_json
-from llmrun.cli.models import human_size, print_fields, print_table
+from llmrun.cli.output import human_size, print_fields, print_table
 
 
 @app.command("info")

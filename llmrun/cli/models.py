@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from llmrun import store
 from llmrun.cli.common import JsonOpt, ModelArg, YesOpt, app, err, print_json
+from llmrun.cli.output import human_size, print_fields, print_table
 from llmrun.errors import BadInput
 from llmrun.ggufinfo import format_count, read_info
 from llmrun.resolve import (
@@ -34,43 +31,6 @@ RmModelArg = Annotated[
         show_default=False,
     ),
 ]
-
-# ---------------------------------------------------------------- output helpers
-
-
-def human_size(n: int | None) -> str:
-    """Bytes the way disks are sold: 98.4 MB, 4.7 GB."""
-    if n is None:
-        return "-"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A table on stdout: rich at a terminal, plain aligned columns when piped."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
-    if sys.stdout.isatty():
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold")
-        for i, header in enumerate(headers):  # only the last column may wrap
-            table.add_column(header, no_wrap=i < len(headers) - 1)
-        for row in cells:
-            table.add_row(*row)
-        Console(highlight=False, emoji=False).print(table)
-        return
-    widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=True)]
-    for row in [list(headers), *cells]:
-        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-        sys.stdout.write(line.rstrip() + "\n")
-
-
-def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
-    """`key  value` lines on stdout, keys aligned."""
-    width = max(len(k) for k, _ in fields)
-    for key, value in fields:
-        sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
-
 
 # ---------------------------------------------------------------- list
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from llmrun.cli.common import app, err
-from llmrun.cli.models import human_size
+from llmrun.cli.output import human_size, progress_for_stderr
 
 if TYPE_CHECKING:
-    from llmrun.hub import PullResult, RemoteFile
+    from llmrun.hub import PullResult
 
 PullModelArg = Annotated[
     str,
@@ -57,76 +47,6 @@ DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Say what would be downloaded; download nothing.")
 ]
 
-# For the commands that pull a missing model first (run, chat).
-NoPullOpt = Annotated[
-    bool, typer.Option("--no-pull", help="Never download: use only models already here.")
-]
-
-
-class NotesOnly:
-    """Progress when stderr is not a terminal: the notes, no bars."""
-
-    def note(self, text: str) -> None:
-        err.print(text, markup=False, style="yellow")
-
-    def begin(self, files: Sequence[RemoteFile], on_disk: Mapping[str, int]) -> None:
-        pass
-
-    def advance(self, name: str, nbytes: int) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
-class Bars(NotesOnly):
-    """One bar per file and one for the total: bytes, speed, time left."""
-
-    def __init__(self) -> None:
-        self._bars = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-        )
-        self._tasks: dict[str, TaskID] = {}
-        self._total: TaskID | None = None
-
-    def note(self, text: str) -> None:
-        self._bars.console.print(text, markup=False, style="yellow")  # above the bars
-
-    def begin(self, files: Sequence[RemoteFile], on_disk: Mapping[str, int]) -> None:
-        for f in files:
-            self._tasks[f.name] = self._bars.add_task(
-                _short(f.name), total=f.size, completed=on_disk.get(f.name, 0)
-            )
-        if len(files) > 1:
-            self._total = self._bars.add_task(
-                "total",
-                total=sum(f.size or 0 for f in files),
-                completed=sum(on_disk.values()),
-            )
-        self._bars.start()
-
-    def advance(self, name: str, nbytes: int) -> None:
-        if name in self._tasks:
-            self._bars.advance(self._tasks[name], nbytes)
-        if self._total is not None:
-            self._bars.advance(self._total, nbytes)
-
-    def end(self) -> None:
-        self._bars.stop()
-
-
-def progress_for_stderr() -> NotesOnly:
-    """Bars at a terminal, notes only otherwise."""
-    return Bars() if err.is_terminal else NotesOnly()
-
-
-def _short(name: str, width: int = 40) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
 @app.command("pull")

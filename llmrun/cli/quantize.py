@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from llmrun.cli.common import app, err
-from llmrun.cli.models import human_size
+from llmrun.cli.output import human_size
 from llmrun.errors import BadInput
 from llmrun.quantize import progress as qprogress
 from llmrun.quantize.types import DEFAULT_TYPE, types_table

@@ -11,37 +11,20 @@ import typer
 from llmrun import generation
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
 from llmrun.cli.common import (
-    LOAD_FLAGS,
-    SAMPLING_FLAGS,
-    CacheTypeKOpt,
-    CacheTypeVOpt,
-    CtxOpt,
     DraftModelOpt,
     DraftOpt,
-    FlashAttnOpt,
     FormatOpt,
+    GenerationOptions,
     JsonSchemaOpt,
-    MaxTokensOpt,
-    MinPOpt,
-    NglOpt,
+    NoPullOpt,
     RawOpt,
-    RepeatPenaltyOpt,
-    RpcOpt,
-    SeedOpt,
-    StopOpt,
     SystemOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    VerboseOpt,
     app,
     err,
+    generation_options,
     note_cpu_only,
-    pick,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
-from llmrun.engine import Stats
+from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
 
@@ -100,17 +83,8 @@ def read_prompt(words: list[str]) -> str:
     return prompt
 
 
-def print_stats(stats: Stats) -> None:
-    err.print(
-        f"load {stats.load_seconds:.2f} s | "
-        f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s | "
-        f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s"
-        + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else ""),
-        style="dim",
-    )
-
-
 @app.command("run")
+@generation_options()
 def run_command(
     args: list[str] | None = typer.Argument(
         None,
@@ -122,22 +96,7 @@ def run_command(
     raw: RawOpt = False,
     format: FormatOpt = None,
     json_schema: JsonSchemaOpt = None,
-    n_gpu_layers: NglOpt = "auto",
-    ctx_size: CtxOpt = None,
-    threads: ThreadsOpt = None,
-    temp: TempOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repeat_penalty: RepeatPenaltyOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    flash_attn: FlashAttnOpt = "auto",
-    cache_type_k: CacheTypeKOpt = "f16",
-    cache_type_v: CacheTypeVOpt = "f16",
-    verbose: VerboseOpt = False,
-    rpc: RpcOpt = None,
+    options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
     no_pull: NoPullOpt = False,
@@ -150,12 +109,22 @@ def run_command(
     Examples: llmrun run "Why is the sky blue?"
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
-    flags = locals()
     if batch is not None or output is not None or parallel is not None:
-        return batch_command(args or [], flags)
+        return batch_command(
+            args or [],
+            options,
+            batch=batch,
+            output=output,
+            parallel=parallel,
+            system=system,
+            raw=raw,
+            format=format,
+            json_schema=json_schema,
+            pull=not no_pull,
+        )
     model, words = split_model_and_prompt(args or [], pull=not no_pull)
     prompt = read_prompt(words)
-    note_cpu_only(n_gpu_layers, rpc)
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     answer = generation.run(
         model,
         prompt,
@@ -165,8 +134,7 @@ def run_command(
         json_schema=json_schema,
         draft=draft,
         draft_model=draft_model,
-        **pick(flags, SAMPLING_FLAGS),
-        **pick(flags, LOAD_FLAGS),
+        **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )
@@ -186,6 +154,6 @@ def run_command(
             "raise -c/--ctx-size",
             style="yellow",
         )
-    if verbose:
+    if options.verbose:
         err.print(answer.model.plan.describe(), style="dim", markup=False)
         print_stats(stats)

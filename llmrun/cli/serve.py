@@ -7,32 +7,16 @@ from typing import Annotated
 import typer
 
 from llmrun.cli.common import (
-    LOAD_FLAGS,
-    SAMPLING_FLAGS,
-    CacheTypeKOpt,
-    CacheTypeVOpt,
-    CtxOpt,
-    FlashAttnOpt,
-    MaxTokensOpt,
-    MinPOpt,
+    GenerationOptions,
     ModelArg,
-    NglOpt,
-    RepeatPenaltyOpt,
-    RpcOpt,
-    SeedOpt,
-    StopOpt,
+    NoPullOpt,
     SystemOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    VerboseOpt,
     app,
     err,
+    generation_options,
     note_cpu_only,
-    pick,
 )
-from llmrun.cli.pull import NoPullOpt, progress_for_stderr
+from llmrun.cli.output import progress_for_stderr
 from llmrun.errors import LlmrunError
 
 HostOpt = Annotated[
@@ -66,6 +50,7 @@ ApiKeyOpt = Annotated[
 
 
 @app.command("serve")
+@generation_options()
 def serve_command(
     model: ModelArg = None,
     host: HostOpt = "127.0.0.1",
@@ -74,22 +59,7 @@ def serve_command(
     api_key: ApiKeyOpt = None,
     embeddings: EmbeddingsOpt = False,
     system: SystemOpt = None,
-    n_gpu_layers: NglOpt = "auto",
-    ctx_size: CtxOpt = None,
-    threads: ThreadsOpt = None,
-    temp: TempOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    min_p: MinPOpt = None,
-    repeat_penalty: RepeatPenaltyOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    seed: SeedOpt = None,
-    stop: StopOpt = None,
-    flash_attn: FlashAttnOpt = "auto",
-    cache_type_k: CacheTypeKOpt = "f16",
-    cache_type_v: CacheTypeVOpt = "f16",
-    verbose: VerboseOpt = False,
-    rpc: RpcOpt = None,
+    options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
     """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models.
@@ -97,14 +67,13 @@ def serve_command(
     The flags set the defaults; each request's own fields (temperature, max_tokens, ...) win.
     Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 --parallel 8 -c 16384
     """
-    flags = locals()
     from llmrun.server import INSTALL_HINT, missing_extra
 
     if missing_extra():
         raise LlmrunError("llmrun serve needs the server extra", f"install it: {INSTALL_HINT}")
     from llmrun.server.serve import serve
 
-    note_cpu_only(n_gpu_layers, rpc)
+    note_cpu_only(options.n_gpu_layers, options.rpc)
     serve(
         model,
         host=host,
@@ -114,8 +83,7 @@ def serve_command(
         embeddings=embeddings,
         system=system,
         announce=lambda line: err.print(line, markup=False, highlight=False),
-        **pick(flags, SAMPLING_FLAGS),
-        **pick(flags, LOAD_FLAGS),
+        **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )

@@ -20,22 +20,12 @@ from llama_cpp.llama_grammar import JSON_GBNF
 from llmrun import grammar
 from llmrun.errors import BadOption
 from llmrun.grammar import SchemaProblem
-from llmrun.options import check_param
+from llmrun.options import check_param, spellings
 from llmrun.server.openai_errors import ApiError
 
 # OpenAI field -> llmrun Sampling name. top_k, min_p and repeat_penalty are not
 # OpenAI's, but llama.cpp's server takes them under these names too.
-SAMPLING_FIELDS = {
-    "temperature": "temp",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "repeat_penalty": "repeat_penalty",
-    "max_tokens": "max_tokens",
-    "max_completion_tokens": "max_tokens",
-    "seed": "seed",
-    "stop": "stop",
-}
+SAMPLING_FIELDS = spellings("api")
 # Accepted and ignored: bookkeeping that does not change the answer.
 IGNORED_FIELDS = frozenset(
     {"model", "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
