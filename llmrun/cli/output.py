@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from llmrun.engine import Stats
     from llmrun.hub import RemoteFile
 
+
 def human_size(n: int | None) -> str:
     """Bytes the way disks are sold: 98.4 MB, 4.7 GB."""
     if n is None:

@@ -48,7 +48,6 @@ DryRunOpt = Annotated[
 ]
 
 
-
 @app.command("pull")
 def pull_cmd(
     model: PullModelArg,
