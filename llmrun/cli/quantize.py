@@ -62,14 +62,14 @@ NoCheckOpt = Annotated[
 ]
 
 
-class Notes(qprogress.QuantizeProgress):
+class QuantizeNotes(qprogress.QuantizeProgress):
     """Progress when stderr is not a terminal: warnings and notes only."""
 
     def note(self, text: str) -> None:
         err.print(text, markup=False, style="yellow")
 
 
-class Bars(Notes):
+class QuantizeBars(QuantizeNotes):
     """A bar of tensors and bytes while converting, a spinner while llama.cpp quantizes."""
 
     def __init__(self) -> None:
@@ -170,7 +170,7 @@ def quantize_cmd(
         raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")
     from llmrun.quantize import quantize
 
-    progress = Bars() if err.is_terminal else Notes()
+    progress = QuantizeBars() if err.is_terminal else QuantizeNotes()
     try:
         result = quantize(
             model,

@@ -21,13 +21,13 @@ from llmrun.engine.model import Model, decode_batch, put_token
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.options import default_threads
 
-DEFAULT_CTX = 2048  # tokens per input at most
+MAX_INPUT_TOKENS = 2048  # tokens per input at most
 
 
 class Embedder:
     """Embeddings for `model`'s texts; thread-safe (one input at a time)."""
 
-    def __init__(self, model: Model, n_ctx: int = DEFAULT_CTX, threads: int = 0) -> None:
+    def __init__(self, model: Model, n_ctx: int = MAX_INPUT_TOKENS, threads: int = 0) -> None:
         self.model = model
         self.n_ctx = min(n_ctx, model.n_ctx_train or n_ctx)
         cparams = llama_cpp.llama_context_default_params()
