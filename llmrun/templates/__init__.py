@@ -1,0 +1,1 @@
+"""Chat templates: rendering with tools, and reading answers back (tool calls, reasoning)."""
