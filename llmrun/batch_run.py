@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmrun.engine.template import ChatTemplate
+from llmrun.templates.render import ChatTemplate
 from llmrun.errors import BadInput, LlmrunError
 from llmrun.generation import grammar_for, prepare
 from llmrun.options import Sampling, check_param, spellings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmrun.engine.template import ChatTemplate, Message
+from llmrun.templates.render import ChatTemplate, Message
 
 if TYPE_CHECKING:
     from llmrun.engine.model import Model

@@ -9,7 +9,7 @@ import pytest
 
 from llmrun.engine import load_model
 from llmrun.engine.batch import BatchEngine
-from llmrun.engine.template import ChatTemplate
+from llmrun.templates.render import ChatTemplate
 from llmrun.errors import ContextOverflow
 from llmrun.options import Load, Sampling
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from llmrun import store
 from llmrun.engine import Model, Stats
-from llmrun.engine.template import ChatTemplate, Message
+from llmrun.templates.render import ChatTemplate, Message
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmrun.engine.template import ChatTemplate
+from llmrun.templates.render import ChatTemplate
 from llmrun.errors import EngineStopped
 from llmrun.options import Sampling
 from llmrun.server.openai_errors import ApiError

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,16 @@ class Parsed:
     calls: list[ToolCall] = field(default_factory=list)
 
 
+def openai_call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def alnum9_call_id() -> str:
+    """Mistral's templates refuse any id but 9 letters and digits."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(9))
+
+
 @dataclass(frozen=True)
 class ToolFormat:
     """One family of tool-call syntax."""
@@ -58,9 +70,10 @@ class ToolFormat:
     reasoning: bool = False
     # True: the format has no trigger; `grammar` is the whole answer's (generic JSON).
     whole: bool = False
+    make_id: Callable[[], str] = openai_call_id  # ids for calls that come without one
 
 
-FORMATS: list[ToolFormat] = []  # in detection order: the first whose detect() is true wins
+FORMATS: list[ToolFormat] = []  # every registered format; formats.ORDER is the detection order
 
 
 def register(fmt: ToolFormat) -> ToolFormat:
@@ -70,9 +83,10 @@ def register(fmt: ToolFormat) -> ToolFormat:
 
 def detect(template: str) -> ToolFormat:
     """The format of a template's tool calls; the generic JSON one if it has no tool syntax."""
-    from llmrun.templates import formats  # noqa: F401  (registers every format)
+    from llmrun.templates import formats  # registers every format
 
-    for fmt in FORMATS:
+    for name in formats.ORDER:
+        fmt = by_name(name)
         if fmt.detect(template):
             return fmt
     return by_name("generic")
@@ -120,7 +134,7 @@ def json_prefix(text: str, start: int = 0) -> tuple[int, bool]:
     depth = 0
     in_string = False
     escape = False
-    scalar = text[i] not in "{[\""
+    scalar = text[i] not in '{["'
     if scalar:
         m = re.match(r"-?\d+(\.\d+)?([eE][+-]?\d+)?|true|false|null", text[i:])
         if not m:
@@ -188,7 +202,9 @@ class ToolGrammar:
     def __init__(self, tools: list[dict[str, Any]]) -> None:
         self.tools = tools
         self.names = [t["function"]["name"] for t in tools]
-        self._conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        self._conv = SchemaConverter(
+            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+        )
         self._args: dict[int, str] = {}
         self._objects: dict[tuple[str, str], str] = {}
 
