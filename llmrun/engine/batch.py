@@ -30,24 +30,69 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from llmrun.engine import rpc
 from llmrun.engine.model import Model, decode_batch, put_token
-from llmrun.engine.sampling import build_sampler
+from llmrun.engine.sampling import Grammar, build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineStopped, WorkerError
 from llmrun.options import Load, Sampling
 
 MIN_SHARED_PREFIX = 8  # below this, copying cells saves less than it costs to think about
+ECHO_CHUNK = 128  # prompt tokens per step when each needs its logits (n_vocab floats each)
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token and its log-probability under the model (log-softmax of its logits, before
+    grammar, penalties and the sampler's truncation), with the `top` alternatives."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability in one row of logits, and the `top` most likely tokens."""
+    shifted = logits - logits.max()
+    lse = float(np.log(np.exp(shifted, dtype=np.float64).sum()))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(-shifted, top)[:top] if top < len(shifted) else np.arange(top)
+        ids = ids[np.argsort(-shifted[ids], kind="stable")]
+        best = tuple((int(t), float(shifted[t]) - lse) for t in ids)
+    return TokenLogprob(token, float(shifted[token]) - lse, best)
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a request wants besides text: log-probabilities, special tokens, its prompt's."""
+
+    logprobs: int | None = None  # record each generated token's logprob and this many top ones
+    special: bool = False  # write special tokens as their text (tool-call and channel markers)
+    echo: bool = False  # record the prompt tokens' logprobs too (prompt_logprobs)
+    generate: bool = True  # False: evaluate the prompt only (echo with max_tokens 0)
 
 
 class Handle:
     """One request: its text as it comes, and how it ended."""
 
-    def __init__(self, tokens: list[int], sampling: Sampling, sampler: llama_cpp.llama_sampler_p):
+    def __init__(
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        sampler: llama_cpp.llama_sampler_p,
+        extras: Extras | None = None,
+    ):
         self.tokens = tokens
         self.sampling = sampling
+        self.extras = extras or Extras()
+        # Filled by the engine thread as it goes; a reader takes what is there so far.
+        self.logprobs: list[TokenLogprob] = []  # one per generated token, with extras.logprobs
+        self.prompt_logprobs: list[TokenLogprob | None] = []  # with extras.echo; [0] is None
+        self.followers: list[Handle] = []  # n > 1: they take a copy of this one's prompt
         self.prompt_tokens = len(tokens)
         self.completion_tokens = 0
         self.reused_tokens = 0
@@ -162,7 +207,8 @@ class BatchEngine:
         if cancel:
             with self._lock:
                 for h in [*self._waiting, *(s.handle for s in self._slots if s.handle)]:
-                    h.cancel()
+                    for each in [h, *h.followers]:
+                        each.cancel()
         self._draining = True
         self._wake.set()
         if self._thread:
@@ -170,7 +216,21 @@ class BatchEngine:
         llama_cpp.llama_batch_free(self._batch)
         self.model.close()
 
-    def submit(self, tokens: list[int], sampling: Sampling, grammar: str | None = None) -> Handle:
+    def submit(
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        grammar: str | Grammar | None = None,
+        extras: Extras | None = None,
+        n: int = 1,
+    ) -> Handle:
+        """Queue a request; with n > 1 it is the first of n answers to the same prompt, the
+        others in `handle.followers`: the prompt is evaluated once and its cells copied."""
+        if not 1 <= n <= self.parallel:
+            raise ContextOverflow(
+                f"n={n} answers at once, but there are {self.parallel} sequences",
+                "raise --parallel, or ask for fewer",
+            )
         if not tokens:
             tokens = [self.model.bos]
         if len(tokens) >= self.slot_ctx:
@@ -181,10 +241,16 @@ class BatchEngine:
             )
         if self._draining or not self._running:
             raise EngineStopped("the engine is not running")
-        handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar))
+        handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar), extras)
+        for i in range(1, n):
+            # A fixed seed still gives n different answers, each reproducible.
+            own = replace(sampling, seed=sampling.seed + i) if sampling.seed >= 0 else sampling
+            sampler = build_sampler(self.model, own, grammar)
+            handle.followers.append(Handle(tokens, own, sampler, extras))
         with self._lock:  # fail() empties the queue under it: nothing may join after
             if self.failure:
-                llama_cpp.llama_sampler_free(handle._sampler)
+                for h in [handle, *handle.followers]:
+                    llama_cpp.llama_sampler_free(h._sampler)
                 raise WorkerError(self.failure, rpc.LOST_REMEDY)
             self._waiting.append(handle)
         self._wake.set()
@@ -199,6 +265,7 @@ class BatchEngine:
         with self._lock:
             self.failure = message
             handles = [*self._waiting, *(s.handle for s in self._slots if s.handle)]
+            handles += [f for h in handles for f in h.followers]
             self._waiting.clear()
         for handle in handles:
             handle.error = message
@@ -243,6 +310,8 @@ class BatchEngine:
                     return
                 handle = self._waiting.popleft()
                 if handle._cancelled.is_set():
+                    self._waiting.extendleft(reversed(handle.followers))
+                    handle.followers = []
                     handle.finish_reason = "cancelled"
                     llama_cpp.llama_sampler_free(handle._sampler)
                     handle._push(_DONE)
@@ -258,8 +327,8 @@ class BatchEngine:
             if n > shared:
                 source, shared = other, n
         shared = min(shared, len(tokens) - 1)  # the last prompt token is always evaluated
-        if shared < MIN_SHARED_PREFIX or not self.prefix_cache:
-            shared = 0
+        if shared < MIN_SHARED_PREFIX or not self.prefix_cache or handle.extras.echo:
+            shared = 0  # echo: every prompt token's logits are wanted
         if source is not slot and shared:
             # Across streams llama.cpp copies whole streams only; then cut it to the prefix.
             llama_cpp.llama_memory_seq_cp(memory, source.seq_id, slot.seq_id, -1, -1)
@@ -273,6 +342,8 @@ class BatchEngine:
         slot.text = Utf8Stream()
         slot.stops = StopFilter(handle.sampling.stop)
         handle.reused_tokens = shared
+        if handle.extras.echo:
+            handle.prompt_logprobs.append(None)  # the first token has no context to predict it
 
     def _step(self, active: list[_Slot]) -> None:
         batch, n = self._batch, 0
@@ -289,14 +360,21 @@ class BatchEngine:
                 slot.cached.append(slot.next_token)
                 slot.next_token = None
         # Then prompt chunks, as much as the batch holds.
+        echoes: list[tuple[_Slot, int, int]] = []  # (slot, first batch index, first position)
         for slot in active:
             room = self.model.n_batch - n
+            assert slot.handle is not None
+            echo = slot.handle.extras.echo
+            if echo:
+                room = min(room, ECHO_CHUNK)
             if not slot.pending or room <= 0:
                 continue
             chunk, slot.pending = slot.pending[:room], slot.pending[room:]
+            if echo:
+                echoes.append((slot, n, len(slot.cached)))
             for i, tok in enumerate(chunk):
                 last = not slot.pending and i == len(chunk) - 1
-                n = put_token(batch, n, tok, len(slot.cached), slot.seq_id, last)
+                n = put_token(batch, n, tok, len(slot.cached), slot.seq_id, last or echo)
                 slot.cached.append(tok)
             if not slot.pending:
                 slot.logits_at = n - 1
@@ -305,9 +383,63 @@ class BatchEngine:
         with self.model.decode_lock:
             decode_batch(self.model.ctx, batch, n)
         self.steps += 1
+        for slot, first, pos in echoes:
+            self._echo(slot, first, pos)
+        for slot in list(active):
+            if slot.logits_at >= 0 and slot.handle and slot.handle.followers:
+                active += self._fork(slot)
         for slot in active:
             if slot.logits_at >= 0 and slot.handle:
-                self._sample(slot)
+                if slot.handle.extras.generate:
+                    self._sample(slot)
+                else:
+                    self._finish(slot, "length")
+
+    def _row(self, i: int) -> np.ndarray:
+        """The logits of batch index i, as a view (no copy)."""
+        raw = llama_cpp.llama_get_logits_ith(self.model.ctx, i)
+        return np.ctypeslib.as_array(raw, shape=(self.model.n_vocab,))
+
+    def _echo(self, slot: _Slot, first: int, pos: int) -> None:
+        """Record the logprobs of the prompt tokens this step's logits predict."""
+        handle = slot.handle
+        assert handle is not None
+        k = handle.extras.logprobs or 0
+        tokens = handle.tokens
+        for j in range(pos, min(len(slot.cached), len(tokens) - 1)):
+            row = self._row(first + j - pos)
+            handle.prompt_logprobs.append(token_logprob(row, tokens[j + 1], k))
+
+    def _fork(self, leader: _Slot) -> list[_Slot]:
+        """n > 1: give each follower a copy of the leader's prompt cells and its logits.
+
+        Followers sample from the very same logits, so greedy answers are identical. One that
+        finds no free sequence waits at the front of the queue and shares the prefix later.
+        """
+        handle = leader.handle
+        assert handle is not None
+        followers, handle.followers = handle.followers, []
+        forked = []
+        for follower in followers:
+            free = next((s for s in self._slots if s.handle is None), None)
+            if free is None:
+                with self._lock:
+                    self._waiting.appendleft(follower)
+                continue
+            memory = self.model.memory
+            llama_cpp.llama_memory_seq_rm(memory, free.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(memory, leader.seq_id, free.seq_id, -1, -1)
+            free.handle = follower
+            free.cached = list(leader.cached)
+            free.pending = []
+            free.next_token = None
+            free.logits_at = leader.logits_at
+            free.text = Utf8Stream()
+            free.stops = StopFilter(follower.sampling.stop)
+            follower.reused_tokens = len(leader.cached)
+            follower.prompt_logprobs = list(handle.prompt_logprobs)
+            forked.append(free)
+        return forked
 
     def _sample(self, slot: _Slot) -> None:
         handle = slot.handle
@@ -318,7 +450,11 @@ class BatchEngine:
             return
         handle.completion_tokens += 1
         self.generated += 1
-        out, stopped = slot.stops.feed(slot.text.feed(self.model.piece(token)))
+        if handle.extras.logprobs is not None:
+            row = self._row(slot.logits_at)
+            handle.logprobs.append(token_logprob(row, token, handle.extras.logprobs))
+        piece = self.model.piece(token, handle.extras.special)
+        out, stopped = slot.stops.feed(slot.text.feed(piece))
         if out:
             handle._push(out)
         limit = handle.sampling.max_tokens
@@ -339,6 +475,10 @@ class BatchEngine:
             if tail:
                 handle._push(tail)
         handle.finish_reason = reason
+        if handle.followers:  # it ended before its prompt was evaluated: they queue on their own
+            with self._lock:
+                self._waiting.extendleft(reversed(handle.followers))
+            handle.followers = []
         llama_cpp.llama_sampler_free(handle._sampler)
         # Keep the prompt's cells as a prefix cache; the generated ones go now.
         keep = min(handle.prompt_tokens, len(slot.cached))

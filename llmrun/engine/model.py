@@ -28,7 +28,7 @@ from llmrun.engine.offload import (
     host_available,
     plan_offload,
 )
-from llmrun.engine.sampling import build_sampler
+from llmrun.engine.sampling import Grammar, build_sampler
 from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
@@ -374,12 +374,15 @@ class Model:
         tokens: list[int],
         sampling: Sampling,
         *,
-        grammar: str | None = None,
+        grammar: str | Grammar | None = None,
         ignore_eos: bool = False,
         drafter: Drafter | None = None,
         n_draft: int = 8,
+        special: bool = False,
     ) -> Iterator[str]:
         """Evaluate the prompt tokens, then yield text as it is generated.
+
+        `special`: special tokens are written as their text (a tool call's markers).
 
         With a drafter, guessed tokens are verified in batches (speculative
         decoding); what is yielded is the same as without one. The drafter is
@@ -399,7 +402,9 @@ class Model:
             stats.reused_tokens = self.prefill(tokens)
             stats.prompt_tokens = len(tokens) - stats.reused_tokens
             stats.prompt_seconds = time.perf_counter() - started
-            yield from self._decode_loop(sampler, sampling, ignore_eos, started, drafter, n_draft)
+            yield from self._decode_loop(
+                sampler, sampling, ignore_eos, started, drafter, n_draft, special
+            )
         finally:
             llama_cpp.llama_sampler_free(sampler)
             self._sync_cache()
@@ -426,6 +431,7 @@ class Model:
         started: float,
         drafter: Drafter | None = None,
         n_draft: int = 8,
+        special: bool = False,
     ) -> Iterator[str]:
         stats = self.stats
         text = Utf8Stream()
@@ -439,7 +445,7 @@ class Model:
             if not ignore_eos and self.is_eog(token):
                 return "", "eos"
             stats.gen_tokens += 1
-            out, stopped = stops.feed(text.feed(self.piece(token)))
+            out, stopped = stops.feed(text.feed(self.piece(token, special)))
             if stopped:
                 return out, "stop"
             if limit is not None and stats.gen_tokens >= limit:
