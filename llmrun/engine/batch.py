@@ -33,14 +33,17 @@ import llama_cpp
 import numpy as np
 
 from llmrun.engine import rpc
-from llmrun.engine.model import Model, decode_batch, put_token
+from llmrun.engine.model import N_UBATCH, Model, decode_batch, put_token
 from llmrun.engine.sampling import Grammar, build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineStopped, WorkerError
 from llmrun.options import Load, Sampling
 
 MIN_SHARED_PREFIX = 8  # below this, copying cells saves less than it costs to think about
-ECHO_CHUNK = 128  # prompt tokens per step when each needs its logits (n_vocab floats each)
+# Prompt tokens per step when each needs its logits (n_vocab floats each): one ubatch, which
+# also splits the prompt as `llmrun eval` does, so the numbers agree to the last bits
+# (llama.cpp's attention is not bit-exact across different splits).
+ECHO_CHUNK = N_UBATCH
 _DONE = object()
 
 
