@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmrun.templates.render import ChatTemplate
 from llmrun.errors import BadInput, LlmrunError
 from llmrun.generation import grammar_for, prepare
 from llmrun.options import Sampling, check_param, spellings
 from llmrun.prompt import chat_tokens, raw_tokens
+from llmrun.templates.render import ChatTemplate
 
 if TYPE_CHECKING:
     from rich.console import Console

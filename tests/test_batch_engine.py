@@ -9,9 +9,9 @@ import pytest
 
 from llmrun.engine import load_model
 from llmrun.engine.batch import BatchEngine
-from llmrun.templates.render import ChatTemplate
 from llmrun.errors import ContextOverflow
 from llmrun.options import Load, Sampling
+from llmrun.templates.render import ChatTemplate
 
 GREEDY = Sampling(temp=0.0, max_tokens=24)
 SYSTEM = "You are a terse assistant who answers in one sentence. " * 4

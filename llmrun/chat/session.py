@@ -22,9 +22,9 @@ from typing import Any
 
 from llmrun import store
 from llmrun.engine import Model, Stats
-from llmrun.templates.render import ChatTemplate, Message
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
+from llmrun.templates.render import ChatTemplate, Message
 
 SAVE_FORMAT = 1
 DEFAULT_RESERVE = 512  # tokens kept free for a reply when -n sets no limit

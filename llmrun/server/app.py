@@ -10,6 +10,7 @@ Shutdown is serve.py's: it ends what is left in flight through
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -76,13 +77,24 @@ def create_app(
     sampling: Sampling | None = None,
     system: str | None = None,
     embedder: Embedder | None = None,
+    chat_template: Path | None = None,
+    reasoning: str = "auto",
 ) -> Starlette:
     """The ASGI app serving `engine` as `model_name`; with `api_key`, every request needs it.
 
     `sampling` holds the defaults a request's own fields override (the command's
-    flags and the model's params); `system` is used when a chat has no system message.
+    flags and the model's params); `system` is used when a chat has no system message;
+    `chat_template` (a file) replaces the model's; `reasoning` is --reasoning's default.
     """
-    service = Service(engine, model_name, sampling or Sampling(), system, embedder)
+    service = Service(
+        engine,
+        model_name,
+        sampling or Sampling(),
+        system,
+        embedder,
+        chat_template=chat_template,
+        reasoning=reasoning,
+    )
     routes = [health_route(service), *OpenAI(service).routes()]
     middleware = [Middleware(BearerAuth, key=api_key)] if api_key else []
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)

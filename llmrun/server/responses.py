@@ -108,13 +108,9 @@ def delta(
 
 
 def completion(
-    handles: list[Handle], texts: list[str], chat: bool, model_name: str
+    handles: list[Handle], choices: list[dict[str, Any]], chat: bool, model_name: str
 ) -> dict[str, Any]:
-    """The whole answers, one choice per handle."""
-    choices = [
-        choice(i, text, finish_reason(h), chat)
-        for i, (h, text) in enumerate(zip(handles, texts, strict=True))
-    ]
+    """The whole answers: one choice (see choice()) per handle."""
     kind = "chat.completion" if chat else "text_completion"
     return {**head(kind, chat, model_name), "choices": choices, "usage": usage(handles)}
 
@@ -141,8 +137,18 @@ class Chunks:
         before, after = self.frames[i]
         return before + json.dumps(text, ensure_ascii=False) + after
 
-    def finish(self, handles: list[Handle]) -> str:
-        finish = [finish_reason(h) for h in handles]
+    def change(self, i: int, fields: dict[str, Any], logprobs: Any = None) -> str:
+        """A chat event with one delta of any kind (reasoning, a tool call) for choice i."""
+        return self.chunk(
+            [{"index": i, "delta": fields, "logprobs": logprobs, "finish_reason": None}]
+        )
+
+    def text(self, i: int, text: str, logprobs: Any) -> str:
+        """A completions event with text and its logprobs."""
+        return self.chunk([{"index": i, "text": text, "logprobs": logprobs, "finish_reason": None}])
+
+    def finish(self, handles: list[Handle], reasons: list[str] | None = None) -> str:
+        finish = reasons or [finish_reason(h) for h in handles]
         return self.chunk([delta(i, None, f, self.chat) for i, f in enumerate(finish)])
 
     def usage(self, handles: list[Handle]) -> str:

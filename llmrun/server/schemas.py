@@ -32,29 +32,34 @@ IGNORED_FIELDS = frozenset(
 )
 # Accepted only at their default (or null): what this server cannot do.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
-    "logprobs": (False, 0),
-    "top_logprobs": (0,),
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
     "logit_bias": ({},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "parallel_tool_calls": (True, False),
     "functions": ([],),
     "function_call": ("none", "auto"),
-    "echo": (False,),
     "best_of": (1,),
     "suffix": ("",),
     "dimensions": (),
 }
-CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format"})
+CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format", "n", "logprobs"})
 CHAT_ONLY = frozenset({"messages", "max_completion_tokens", "tools", "tool_choice", "functions"})
-CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs"}
+CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs", "chat_template_kwargs"}
+CHAT_ONLY |= {"reasoning_effort", "reasoning_format"}
 COMPLETION_ONLY = frozenset({"prompt", "echo", "best_of", "suffix"})
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-MESSAGE_KEYS = frozenset({"role", "content", "name"})
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+MESSAGE_KEYS |= {"reasoning_content"}
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; llama-server's too
+TOOL_CHOICES = ("none", "auto", "required")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
+REASONING_FORMATS = ("none", "auto", "deepseek")  # llama-server's names
 
 
 @dataclass
@@ -65,8 +70,18 @@ class Generate:
     stream: bool = False
     include_usage: bool = False
     grammar: str | None = None
-    messages: list[dict[str, str]] = field(default_factory=list)  # chat
+    n: int = 1
+    logprobs: int | None = None  # None: none; k: each token's, with the k most likely
+    top_logprobs: int | None = None  # chat's count of alternatives, folded into logprobs
+    echo: bool = False  # completions: the prompt comes back first, with its logprobs
+    prompt_only: bool = False  # max_tokens 0 (with echo): nothing generated
+    messages: list[dict[str, Any]] = field(default_factory=list)  # chat
     prompts: list[str | list[int]] = field(default_factory=list)  # completions
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str = "auto"  # none, auto, required, or the name of the one function to call
+    parallel_tool_calls: bool = True
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    reasoning: bool | None = None  # None: the server's --reasoning default
 
 
 @dataclass
@@ -95,10 +110,18 @@ def _check_field(name: str, value: Any, allowed: frozenset[str], endpoint: str) 
         )
 
 
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if not ok or (high is not None and value > high):
+        limit = f"{low}..{high}" if high is not None else f">= {low}"
+        raise bad(f"{name} must be an integer {limit}, got {json.dumps(value)}", name)
+    return value
+
+
 def _sampling(name: str, value: Any) -> tuple[str, Any]:
     key = SAMPLING_FIELDS[name]
-    if key == "max_tokens" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise bad(f"{name} must be a positive integer, got {json.dumps(value)}", name)
+    if key == "max_tokens":
+        _int(name, value, 0)
     try:
         return key, check_param(key, value, where=name)
     except BadOption as e:
@@ -126,13 +149,15 @@ API_SCHEMA_PROBLEMS = {
 
 
 @functools.lru_cache(maxsize=64)
-def schema_grammar(schema_text: str) -> str:
+def schema_grammar(schema_text: str, param: str = "response_format") -> str:
     """A GBNF grammar for a JSON Schema (as canonical JSON text), checked first."""
     try:
         return grammar.schema_grammar(schema_text)
     except SchemaProblem as e:
         message = API_SCHEMA_PROBLEMS[e.kind].format(detail=e.detail)
-        raise bad(message, "response_format") from None
+        if param != "response_format":
+            message = f"{param}: {message}"
+        raise bad(message, param) from None
 
 
 def _response_format(value: Any) -> str | None:
@@ -158,7 +183,10 @@ def _response_format(value: Any) -> str | None:
     return schema_grammar(json.dumps(schema, sort_keys=True))
 
 
-def _generate(body: Any, allowed: frozenset[str], endpoint: str) -> Generate:
+Setter = Callable[[Generate, Any], None]
+
+
+def _generate(body: Any, allowed: frozenset[str], endpoint: str, setters: dict[str, Setter]):
     req = Generate()
     for name, value in _object(body).items():
         _check_field(name, value, allowed, endpoint)
@@ -166,16 +194,106 @@ def _generate(body: Any, allowed: frozenset[str], endpoint: str) -> Generate:
             continue
         if name in SAMPLING_FIELDS:
             key, checked = _sampling(name, value)
-            req.sampling[key] = checked
-        elif name in CONTROL_SETTERS:
-            CONTROL_SETTERS[name](req, value)
+            if key == "max_tokens" and checked == 0:
+                req.prompt_only = True  # only meaningful with echo; checked by the endpoint
+            else:
+                req.sampling[key] = checked
+        elif name in setters:
+            setters[name](req, value)
     return req
 
 
-CONTROL_SETTERS: dict[str, Callable[[Generate, Any], None]] = {
+# ---------------------------------------------------------------- tools
+
+
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """OpenAI tool definitions, checked: [{"type": "function", "function": {"name", ...}}]."""
+    if not isinstance(value, list):
+        raise bad("tools must be a list of tool definitions", "tools", "invalid_type")
+    tools = []
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise bad(f"{where} must be {{'type': 'function', 'function': {{...}}}}", "tools")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise bad(f"{where}.function must be an object with a name", "tools")
+        params = fn.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise bad(f"{where}.function.parameters must be a JSON Schema object", "tools")
+            schema_grammar(json.dumps(params, sort_keys=True), "tools")  # checked: it must convert
+        tools.append({"type": "function", "function": fn})
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise bad("tools: two functions have the same name", "tools")
+    return tools
+
+
+def _tool_choice(value: Any) -> str:
+    if value in TOOL_CHOICES:
+        return value
+    fn = value.get("function") if isinstance(value, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        return fn["name"]
+    raise bad(
+        "tool_choice must be none, auto, required or "
+        "{'type': 'function', 'function': {'name': ...}}",
+        "tool_choice",
+    )
+
+
+def _kwargs(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad("chat_template_kwargs must be an object", "chat_template_kwargs")
+    return value
+
+
+def _choice_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise bad(f"{name} must be one of {', '.join(choices)}, got {json.dumps(value)}", name)
+    return value
+
+
+def _reasoning_effort(req: Generate, value: Any) -> None:
+    effort = _choice_of("reasoning_effort", value, REASONING_EFFORTS)
+    req.template_kwargs.setdefault("reasoning_effort", effort)
+    if effort == "none":
+        req.template_kwargs.setdefault("enable_thinking", False)
+
+
+def _reasoning_format(req: Generate, value: Any) -> None:
+    fmt = _choice_of("reasoning_format", value, REASONING_FORMATS)
+    req.reasoning = fmt != "none"
+
+
+COMMON_SETTERS: dict[str, Setter] = {
     "stream": lambda r, v: setattr(r, "stream", _bool("stream", v)),
     "stream_options": lambda r, v: setattr(r, "include_usage", _stream_options(v)),
     "response_format": lambda r, v: setattr(r, "grammar", _response_format(v)),
+    "n": lambda r, v: setattr(r, "n", _int("n", v, 1)),
+}
+CHAT_SETTERS: dict[str, Setter] = {
+    **COMMON_SETTERS,
+    # logprobs is a switch here; how many alternatives is top_logprobs.
+    "logprobs": lambda r, v: setattr(r, "logprobs", 0 if _bool("logprobs", v) else None),
+    "top_logprobs": lambda r, v: setattr(
+        r, "top_logprobs", _int("top_logprobs", v, 0, MAX_TOP_LOGPROBS)
+    ),
+    "tools": lambda r, v: setattr(r, "tools", _tools(v)),
+    "tool_choice": lambda r, v: setattr(r, "tool_choice", _tool_choice(v)),
+    "parallel_tool_calls": lambda r, v: setattr(
+        r, "parallel_tool_calls", _bool("parallel_tool_calls", v)
+    ),
+    "chat_template_kwargs": lambda r, v: r.template_kwargs.update(_kwargs(v)),
+    "reasoning_effort": _reasoning_effort,
+    "reasoning_format": _reasoning_format,
+}
+COMPLETION_SETTERS: dict[str, Setter] = {
+    **COMMON_SETTERS,
+    # The legacy API's logprobs is the number of alternatives itself.
+    "logprobs": lambda r, v: setattr(r, "logprobs", _int("logprobs", v, 0, MAX_TOP_LOGPROBS)),
+    "echo": lambda r, v: setattr(r, "echo", _bool("echo", v)),
 }
 
 COMMON = frozenset(SAMPLING_FIELDS) | IGNORED_FIELDS | frozenset(DEFAULT_ONLY) | CONTROL_FIELDS
@@ -202,11 +320,33 @@ def _text(content: Any, where: str) -> str:
     raise bad(f"{where}.content must be a string or a list of text parts", "messages")
 
 
-def _message(i: int, msg: Any) -> dict[str, str]:
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's tool_calls, as templates get them (arguments as JSON text)."""
+    if not isinstance(value, list):
+        raise bad(f"{where}.tool_calls must be a list", "messages")
+    calls = []
+    for j, call in enumerate(value):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad(f"{where}.tool_calls[{j}] needs a function with a name", "messages")
+        arguments = fn.get("arguments", "{}")
+        if not isinstance(arguments, str):  # some clients send the object itself
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        calls.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": arguments},
+            }
+        )
+    return calls
+
+
+def _message(i: int, msg: Any) -> dict[str, Any]:
     where = f"messages[{i}]"
     if not isinstance(msg, dict):
         raise bad(f"{where} must be an object with role and content", "messages")
-    # Messages echoed back from a response carry empty tool fields: those are fine.
+    # Messages echoed back from a response carry empty fields (refusal, audio): those are fine.
     extra = [k for k, v in msg.items() if k not in MESSAGE_KEYS and v not in (None, [], "")]
     if extra:
         raise bad(f"{where}: {extra[0]!r} is not supported by this server", "messages")
@@ -215,15 +355,41 @@ def _message(i: int, msg: Any) -> dict[str, str]:
         raise bad(
             f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)}", "messages"
         )
-    return {"role": ROLES[role], "content": _text(msg.get("content"), where)}
+    out: dict[str, Any] = {"role": ROLES[role]}
+    calls = msg.get("tool_calls")
+    if role == "assistant" and calls:
+        out["tool_calls"] = _tool_calls(calls, where)
+        content = msg.get("content")
+        out["content"] = "" if content is None else _text(content, where)
+    else:
+        out["content"] = _text(msg.get("content"), where)
+    if role == "tool":
+        if not isinstance(msg.get("tool_call_id", ""), str):
+            raise bad(f"{where}.tool_call_id must be a string", "messages")
+        out["tool_call_id"] = msg.get("tool_call_id") or ""
+    for key in ("name", "reasoning_content"):
+        if isinstance(msg.get(key), str) and msg[key]:
+            out[key] = msg[key]
+    return out
 
 
 def parse_chat(body: Any) -> Generate:
-    req = _generate(body, CHAT_FIELDS, "/v1/chat/completions")
+    req = _generate(body, CHAT_FIELDS, "/v1/chat/completions", CHAT_SETTERS)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages", "missing_required_parameter")
     req.messages = [_message(i, m) for i, m in enumerate(messages)]
+    if req.prompt_only:
+        raise bad("max_tokens must be a positive integer, got 0", "max_tokens")
+    if req.top_logprobs:
+        if req.logprobs is None:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        req.logprobs = req.top_logprobs
+    names = [t["function"]["name"] for t in req.tools]
+    if req.tool_choice not in TOOL_CHOICES and req.tool_choice not in names:
+        raise bad(f"tool_choice names {req.tool_choice!r}, which is not in tools", "tool_choice")
+    if req.tool_choice == "required" and not req.tools:
+        raise bad("tool_choice required needs tools", "tool_choice")
     return req
 
 
@@ -249,10 +415,12 @@ def _inputs(value: Any, name: str) -> list[str | list[int]]:
 
 
 def parse_completion(body: Any) -> Generate:
-    req = _generate(body, COMPLETION_FIELDS, "/v1/completions")
+    req = _generate(body, COMPLETION_FIELDS, "/v1/completions", COMPLETION_SETTERS)
     if "prompt" not in body:
         raise bad("prompt is required", "prompt", "missing_required_parameter")
     req.prompts = _inputs(body["prompt"], "prompt")
+    if req.prompt_only and not req.echo:
+        raise bad("max_tokens 0 generates nothing; it needs echo: true", "max_tokens")
     return req
 
 

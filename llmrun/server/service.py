@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmrun.templates.render import ChatTemplate
 from llmrun.errors import EngineStopped
 from llmrun.options import Sampling
 from llmrun.server.openai_errors import ApiError
+from llmrun.templates.render import ChatTemplate
 
 if TYPE_CHECKING:
-    from llmrun.engine.batch import BatchEngine, Handle
+    from llmrun.engine.batch import BatchEngine, Extras, Handle
     from llmrun.engine.embed import Embedder
+    from llmrun.engine.sampling import Grammar
 
 
 def shutting_down() -> ApiError:
@@ -36,6 +38,8 @@ class Service:
     sampling: Sampling = field(default_factory=Sampling)
     system: str | None = None
     embedder: Embedder | None = None
+    chat_template: Path | None = None  # --chat-template FILE, over the model's own
+    reasoning: str = "auto"  # --reasoning: auto, on, off
     created: int = field(default_factory=lambda: int(time.time()))
     shutting_down: bool = False
     live: set[Handle] = field(default_factory=set)  # submitted and not yet answered
@@ -44,7 +48,7 @@ class Service:
     def template(self) -> ChatTemplate:
         """The model's chat template; BadInput if it has none (asked again next time)."""
         if self._template is None:
-            self._template = ChatTemplate(self.engine.model)
+            self._template = ChatTemplate(self.engine.model, self.chat_template)
         return self._template
 
     def check_engine(self) -> None:
@@ -62,15 +66,29 @@ class Service:
         raise ApiError(400, f"token ids must be in 0..{model.n_vocab - 1}", param=param)
 
     def submit(
-        self, prompts: list[list[int]], overrides: dict[str, Any], grammar: str | None
+        self,
+        prompts: list[list[int]],
+        overrides: dict[str, Any],
+        grammar: str | Grammar | None,
+        extras: Extras | None = None,
+        n: int = 1,
     ) -> list[Handle]:
-        """One handle per prompt, sampled with the defaults under `overrides`; all or none."""
+        """`n` handles per prompt, in order, sampled with the defaults under `overrides`;
+        all or none."""
         self.check_engine()
         sampling = self.sampling.merged(overrides)
+        if n > self.engine.parallel:
+            raise ApiError(
+                400,
+                f"n={n} is more than this server's {self.engine.parallel} sequences "
+                "(llmrun serve --parallel)",
+                param="n",
+            )
         handles: list[Handle] = []
         try:
             for tokens in prompts:
-                handles.append(self.engine.submit(tokens, sampling, grammar))
+                handle = self.engine.submit(tokens, sampling, grammar, extras, n)
+                handles += [handle, *handle.followers]
         except EngineStopped:  # the engine is draining: we are shutting down
             raise shutting_down() from None
         except BaseException:

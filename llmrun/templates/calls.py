@@ -71,6 +71,11 @@ class ToolFormat:
     # True: the format has no trigger; `grammar` is the whole answer's (generic JSON).
     whole: bool = False
     make_id: Callable[[], str] = openai_call_id  # ids for calls that come without one
+    # (tools, parallel) -> the text that tells the model about the tools, for templates that
+    # never show them; it goes into the system message.
+    describe: Callable[[list[dict[str, Any]], bool], str] | None = None
+    # For `whole` formats: tool_choice auto's grammar (a call or a plain answer).
+    auto_grammar: Callable[[ToolGrammar, bool], str] | None = None
 
 
 FORMATS: list[ToolFormat] = []  # every registered format; formats.ORDER is the detection order
