@@ -7,6 +7,7 @@ llama.cpp accepts and the real demo model obeys.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import llama_cpp
@@ -442,6 +443,17 @@ def test_partial_lists_call_once_named() -> None:
 
 # ---------------------------------------------------------------- grammar
 
+
+def test_format_flags() -> None:
+    """Only Mistral needs its own ids; only generic is a whole-answer grammar, with no trigger."""
+    for name in ("hermes", "llama3", "mistral", "phi4", "granite"):
+        fmt = by_name(name)
+        assert fmt.triggers and not fmt.whole and not fmt.reasoning
+        assert all(re.compile(t) for t in fmt.triggers)
+    assert by_name("mistral").make_id().isalnum() and len(by_name("mistral").make_id()) == 9
+    assert by_name("generic").whole and not by_name("generic").triggers
+
+
 FORMATS = ["hermes", "llama3", "mistral", "phi4", "granite", "generic"]
 ASK = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -484,8 +496,12 @@ def test_model_obeys_grammar(model, prompt: list[int], fmt: str) -> None:
     """tool_choice required: the grammar whole; what the model writes parses as a call."""
     grammar = by_name(fmt).grammar(ToolGrammar([WEATHER, TIME]), False)
     text = "".join(model.generate(prompt, Sampling(temp=0, max_tokens=120), grammar=grammar))
-    parsed = by_name(fmt).parse(text, False)
+    fmt_ = by_name(fmt)
+    assert fmt_.whole or any(re.match(t, text) for t in fmt_.triggers), text  # starts at a trigger
+    parsed = fmt_.parse(text, False)
     assert len(parsed.calls) == 1, text
+    for n in range(len(text) + 1):  # and it streams
+        assert_consistent(fmt_.parse(text[:n], True), parsed)
     (call,) = parsed.calls
     assert call.name in ("get_weather", "get_time")
     args = json.loads(call.arguments)

@@ -27,8 +27,7 @@ def builtin_call(text: str) -> ToolCall:
     if not m:
         raise ValueError("not a built-in tool call")
     node = ast.parse(f"f({m.group(2)})", mode="eval").body
-    assert isinstance(node, ast.Call)
-    if node.args or any(k.arg is None for k in node.keywords):
+    if not isinstance(node, ast.Call) or node.args or any(k.arg is None for k in node.keywords):
         raise ValueError("built-in tool calls take keyword arguments")
     args = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     return ToolCall(m.group(1), json.dumps(args, ensure_ascii=False))
