@@ -195,6 +195,11 @@ class Marked:
         return i, i if marker in self.inclusive else i + len(marker)
 
     def parse(self, text: str, partial: bool) -> Parsed:
+        """Calls in order; content is the rest, less the whitespace next to a call.
+
+        An opener whose body does not read as a call stays content; so does, once the
+        answer is whole, a call whose JSON never finished.
+        """
         pieces: list[str] = []
         calls: list[ToolCall] = []
         seg = pos = 0  # the current content segment starts at seg; openers are sought from pos
