@@ -10,7 +10,9 @@ follows the one its template taught it.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from llmrun.templates.calls import Parsed, ToolCall, ToolFormat, ToolGrammar, register
 from llmrun.templates.formats._scan import Incomplete, Malformed, Reader, final_arguments, sections
@@ -68,6 +70,17 @@ def _section(r: Reader, calls: list[ToolCall]) -> None:
 
 def parse(text: str, partial: bool) -> Parsed:
     return sections(text, partial, (CALLS_BEGIN, CALL_BEGIN), _section)
+
+
+def system_prompt(tools: list[dict[str, Any]]) -> str:
+    """The tools and the call syntax, for the templates that never show them (the R1
+    distills', V3.1's): without it the model does not know what it may call."""
+    listing = json.dumps([t["function"] for t in tools], indent=2, ensure_ascii=False)
+    example = (
+        f"{CALLS_BEGIN}{CALL_BEGIN}function{SEP}NAME\n{FENCE_OPEN}\n"
+        f'{{"ARGUMENT": "VALUE"}}\n{FENCE_CLOSE}{CALL_END}{CALLS_END}'
+    )
+    return f"You may call these functions:\n{listing}\n\nTo call one, write:\n{example}"
 
 
 def grammar(tools: ToolGrammar, parallel: bool) -> str:

@@ -34,10 +34,10 @@ def detect(template: str) -> bool:
     return v32 or v31
 
 
-def _v32(text: str, partial: bool) -> Parsed:
+def _v32(text: str, partial: bool, start: int) -> Parsed:
     content: list[str] = []
     calls: list[ToolCall] = []
-    r = Reader(text, 0, partial)
+    r = Reader(text, start, partial)
     try:
         while True:
             recipient = r.until("\n")
@@ -78,11 +78,12 @@ def _v31_call(r: Reader, calls: list[ToolCall]) -> None:
 
 
 def parse(text: str, partial: bool) -> Parsed:
-    head = RECIPIENT.match(text)
+    start = len(NEXT) if text.startswith(NEXT) else 0  # the grammar may write the prompt's >>>
+    head = RECIPIENT.match(text, start)
     assert head is not None  # the pattern matches the empty string
-    if text[head.end() : head.end() + 1] == "\n" and head.end() > 0:
-        return _v32(text, partial)
-    if partial and head.end() == len(text):
+    if text[head.end() : head.end() + 1] == "\n" and head.end() > start:
+        return _v32(text, partial, start)
+    if partial and (head.end() == len(text) or NEXT.startswith(text)):
         return Parsed()  # may still be a recipient line
     return sections(text, partial, (OPEN,), _v31_call)
 
