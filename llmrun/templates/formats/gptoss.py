@@ -78,11 +78,8 @@ def parse(text: str, partial: bool) -> Parsed:
                     break
     except Incomplete:
         pass
-    return Parsed(
-        content="".join(out["content"]),
-        reasoning="\n".join(p for p in out["reasoning"] if p),
-        calls=calls,
-    )
+    joined = {where: "\n".join(p for p in parts if p) for where, parts in out.items()}
+    return Parsed(content=joined["content"], reasoning=joined["reasoning"], calls=calls)
 
 
 def _text(r: Reader, parts: list[str]) -> None:
