@@ -15,13 +15,18 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF
 
 from llmrun.engine import Model, Stats, load_model
+from llmrun.engine.sampling import Grammar
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.grammar import SchemaProblem, schema_grammar
 from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers, parse_rpc
-from llmrun.prompt import prompt_tokens
+from llmrun.prompt import raw_tokens
 from llmrun.resolve import ResolvedModel, resolve_model
+from llmrun.templates.calls import Parsed
+from llmrun.templates.plan import REASONING_MODES, Tools, check_tools, plan_chat
+from llmrun.templates.render import ChatTemplate, read_template_file
+from llmrun.templates.stream import AnswerReader, AnswerStream, Delta
 
 FORMATS = ("json",)
 
@@ -122,18 +127,62 @@ def grammar_for(format: str | None, json_schema: Path | None) -> str | None:
 
 
 class Generation:
-    """The pieces of an answer as they come; `stats` holds the timings once done."""
+    """The pieces of an answer as they come; `stats` holds the timings once done.
 
-    def __init__(self, model: Model, pieces: Iterator[str]) -> None:
+    Iterating gives the answer's text. When the answer has to be read (thinking to split
+    off, tool calls), `events()` gives it as Deltas instead: reasoning, content and calls,
+    and `parsed` holds the whole answer once it is done.
+    """
+
+    def __init__(
+        self, model: Model, pieces: Iterator[str], reader: AnswerReader | None = None
+    ) -> None:
         self.model = model
         self._pieces = pieces
+        self.reader = reader or AnswerReader()
+        self.parsed: Parsed | None = None
+        self.prompt = ""  # the rendered prompt (for --verbose-prompt)
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        if not self.reader.active:
+            return self._pieces
+        return (d.content for d in self.events() if d.content)
+
+    def events(self) -> Iterator[Delta]:
+        stream = AnswerStream(self.reader)
+        for piece in self._pieces:
+            yield from stream.feed(piece)
+        deltas, self.parsed = stream.finish()
+        yield from deltas
 
     @property
     def stats(self) -> Stats:
         return self.model.stats
+
+
+def read_tools(path: Path) -> list[dict[str, Any]]:
+    """A --tools FILE: a JSON list of OpenAI tool definitions, checked."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"cannot read --tools file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"--tools file {path} is not valid JSON: {e}") from None
+    try:
+        return check_tools(value)
+    except BadInput as e:
+        raise BadInput(f"--tools file {path}: {e.message}") from None
+
+
+def check_choices(think: str, tool_choice: str, tools: list[dict[str, Any]]) -> None:
+    if think not in REASONING_MODES:
+        raise BadOption(f"--think must be one of {', '.join(REASONING_MODES)}, got {think!r}")
+    names = [t["function"]["name"] for t in tools]
+    if tool_choice not in ("auto", "none", "required", *names):
+        known = ", ".join(["auto", "none", "required", *names])
+        raise BadOption(f"--tool-choice must be one of {known}, got {tool_choice!r}")
+    if tool_choice != "auto" and not tools:
+        raise BadOption("--tool-choice needs --tools FILE")
 
 
 def run(
@@ -146,23 +195,53 @@ def run(
     json_schema: Path | None = None,
     draft: str | None = None,
     draft_model: str | None = None,
+    chat_template: Path | None = None,
+    tools: Path | None = None,
+    tool_choice: str = "auto",
+    think: str = "auto",
     **options: Any,
 ) -> Generation:
     """Generate an answer to `prompt`; see `prepare` for the options.
 
     `draft="ngram"` or `draft_model=MODEL` turn on speculative decoding; the
-    answer is the same, sooner.
+    answer is the same, sooner. `chat_template` (a file) replaces the model's;
+    `tools` (a file of OpenAI tool definitions) lets the model call them, as
+    `tool_choice` says; `think` is auto, on or off (see README).
     """
-    grammar = grammar_for(format, json_schema)
+    grammar: str | Grammar | None = grammar_for(format, json_schema)
     if draft is not None and draft not in DRAFT_KINDS:
         raise BadOption(f"--draft must be one of {', '.join(DRAFT_KINDS)}, got {draft!r}")
+    offered = read_tools(tools) if tools is not None else []
+    check_choices(think, tool_choice, offered)
+    if raw and (offered or chat_template):
+        raise BadOption("--raw uses no chat template; drop it to use --tools or --chat-template")
+    template_source = read_template_file(chat_template) if chat_template else None
     prepared = prepare(model, system=system, **options)
     draft_path = prepare(draft_model).resolved.path if draft_model else None
     engine = load_model(prepared.resolved.path, prepared.load)
-    tokens = prompt_tokens(engine, prompt, system=prepared.system, raw=raw)
+    reader = AnswerReader()
+    if raw:
+        text = ""
+        tokens = raw_tokens(engine, prompt, system=prepared.system)
+    else:
+        template = ChatTemplate(engine, chat_template, source=template_source)
+        plan = plan_chat(
+            template,
+            [{"role": "user", "content": prompt}],
+            tools=Tools(offered, tool_choice),
+            reasoning=think,
+            system=prepared.system,
+        )
+        text, reader = plan.prompt, plan.reader
+        tokens = engine.tokenize(text, add_special=True, parse_special=True)
+        grammar = plan.grammar or grammar
     engine.check_fits(len(tokens))
     drafter: Drafter | None = NgramDrafter() if draft == "ngram" else None
     if draft_path is not None:
         drafter = ModelDrafter(load_model(draft_path, prepared.load), engine)
-    pieces = engine.generate(tokens, prepared.sampling, grammar=grammar, drafter=drafter)
-    return Generation(engine, pieces)
+    pieces = engine.generate(
+        tokens, prepared.sampling, grammar=grammar, drafter=drafter, special=reader.active
+    )
+    answer = Generation(engine, pieces, reader)
+    answer.prompt = text or engine.detokenize(tokens, special=True)
+    return answer

@@ -166,6 +166,39 @@ RpcOpt = Annotated[
     ),
 ]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
+ChatTemplateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--chat-template",
+        help="Jinja chat template file (or a tokenizer_config.json) to use instead of the model's.",
+        show_default=False,
+    ),
+]
+ThinkOpt = Annotated[
+    str,
+    typer.Option(
+        "--think", help="Thinking models: on, off (ask the template not to think) or auto."
+    ),
+]
+HideThinkingOpt = Annotated[
+    bool, typer.Option("--hide-thinking", help="Drop the model's thinking instead of showing it.")
+]
+ToolsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tools",
+        help='JSON file of OpenAI tool definitions; each call prints {"name", "arguments"}.',
+        show_default=False,
+    ),
+]
+ToolChoiceOpt = Annotated[
+    str,
+    typer.Option("--tool-choice", help="auto, none, required, or a function's name."),
+]
+VerbosePromptOpt = Annotated[
+    bool,
+    typer.Option("--verbose-prompt", help="Print the prompt, as the model sees it, on stderr."),
+]
 VerboseOpt = Annotated[
     bool, typer.Option("-v", "--verbose", help="Timings and llama.cpp's logs on stderr.")
 ]

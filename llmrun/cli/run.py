@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,14 +12,20 @@ import typer
 from llmrun import generation
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
 from llmrun.cli.common import (
+    ChatTemplateOpt,
     DraftModelOpt,
     DraftOpt,
     FormatOpt,
     GenerationOptions,
+    HideThinkingOpt,
     JsonSchemaOpt,
     NoPullOpt,
     RawOpt,
     SystemOpt,
+    ThinkOpt,
+    ToolChoiceOpt,
+    ToolsOpt,
+    VerbosePromptOpt,
     app,
     err,
     generation_options,
@@ -83,6 +90,44 @@ def read_prompt(words: list[str]) -> str:
     return prompt
 
 
+def write_answer(answer: generation.Generation, show_thinking: bool) -> None:
+    """The answer on stdout; thinking on stderr (dim); each tool call as a JSON line."""
+    out = sys.stdout
+    last = ""
+    thought = False
+    for delta in answer.events() if answer.reader.active else ():
+        if delta.reasoning and show_thinking:
+            err.print(delta.reasoning, style="dim", end="", markup=False, highlight=False)
+            thought = True
+        elif delta.content:
+            if thought:  # the thinking ended mid-line on stderr
+                err.print()
+                thought = False
+            out.write(delta.content)
+            out.flush()
+            last = delta.content
+    if not answer.reader.active:
+        for piece in answer:
+            out.write(piece)
+            out.flush()
+            last = piece or last
+    if thought:
+        err.print()
+    calls = answer.parsed.calls if answer.parsed else []
+    if last and not last.endswith("\n"):
+        out.write("\n")
+    for call in calls:
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError:  # a format that lets arguments be text
+            arguments = call.arguments
+        out.write(json.dumps({"name": call.name, "arguments": arguments}, ensure_ascii=False))
+        out.write("\n")
+    if not last and not calls:
+        out.write("\n")
+    out.flush()
+
+
 @app.command("run")
 @generation_options()
 def run_command(
@@ -99,6 +144,12 @@ def run_command(
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
+    chat_template: ChatTemplateOpt = None,
+    tools: ToolsOpt = None,
+    tool_choice: ToolChoiceOpt = "auto",
+    think: ThinkOpt = "auto",
+    hide_thinking: HideThinkingOpt = False,
+    verbose_prompt: VerbosePromptOpt = False,
     no_pull: NoPullOpt = False,
     batch: BatchOpt = None,
     output: OutputOpt = None,
@@ -134,19 +185,17 @@ def run_command(
         json_schema=json_schema,
         draft=draft,
         draft_model=draft_model,
+        chat_template=chat_template,
+        tools=tools,
+        tool_choice=tool_choice,
+        think=think,
         **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )
-    out = sys.stdout
-    last = ""
-    for piece in answer:
-        out.write(piece)
-        out.flush()
-        last = piece or last
-    if not last.endswith("\n"):
-        out.write("\n")
-    out.flush()
+    if verbose_prompt:
+        err.print(answer.prompt, style="dim", markup=False, highlight=False)
+    write_answer(answer, show_thinking=not hide_thinking)
     stats = answer.stats
     if stats.stop_reason == "context":
         err.print(

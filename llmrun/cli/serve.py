@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from llmrun.cli.common import (
+    ChatTemplateOpt,
     GenerationOptions,
     ModelArg,
     NoPullOpt,
@@ -37,6 +38,14 @@ EmbeddingsOpt = Annotated[
         help="Also answer /v1/embeddings, from a second context on the same weights.",
     ),
 ]
+ReasoningOpt = Annotated[
+    str,
+    typer.Option(
+        "--reasoning",
+        help="Thinking models: auto (split <think> off as reasoning_content where the template "
+        "thinks), on (always split), off (ask the template not to think).",
+    ),
+]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -59,6 +68,8 @@ def serve_command(
     api_key: ApiKeyOpt = None,
     embeddings: EmbeddingsOpt = False,
     system: SystemOpt = None,
+    chat_template: ChatTemplateOpt = None,
+    reasoning: ReasoningOpt = "auto",
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
@@ -82,6 +93,8 @@ def serve_command(
         api_key=api_key,
         embeddings=embeddings,
         system=system,
+        chat_template=chat_template,
+        reasoning=reasoning,
         announce=lambda line: err.print(line, markup=False, highlight=False),
         **options.library(),
         pull=not no_pull,

@@ -96,6 +96,7 @@ class Handle:
         self.logprobs: list[TokenLogprob] = []  # one per generated token, with extras.logprobs
         self.prompt_logprobs: list[TokenLogprob | None] = []  # with extras.echo; [0] is None
         self.followers: list[Handle] = []  # n > 1: they take a copy of this one's prompt
+        self.follows: Handle | None = None  # set on a follower: whose prompt it copies
         self.prompt_tokens = len(tokens)
         self.completion_tokens = 0
         self.reused_tokens = 0
@@ -249,7 +250,9 @@ class BatchEngine:
             # A fixed seed still gives n different answers, each reproducible.
             own = replace(sampling, seed=sampling.seed + i) if sampling.seed >= 0 else sampling
             sampler = build_sampler(self.model, own, grammar)
-            handle.followers.append(Handle(tokens, own, sampler, extras))
+            follower = Handle(tokens, own, sampler, extras)
+            follower.follows = handle
+            handle.followers.append(follower)
         with self._lock:  # fail() empties the queue under it: nothing may join after
             if self.failure:
                 for h in [handle, *handle.followers]:

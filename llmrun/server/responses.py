@@ -61,7 +61,7 @@ def model_object(name: str, created: int) -> dict[str, Any]:
 
 
 def usage(handles: list[Handle]) -> dict[str, int]:
-    prompt = sum(h.prompt_tokens for h in handles)
+    prompt = sum(h.prompt_tokens for h in handles if h.follows is None)  # n: one prompt
     completion = sum(h.completion_tokens for h in handles)
     return {
         "prompt_tokens": prompt,

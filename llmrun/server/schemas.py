@@ -18,10 +18,11 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF
 
 from llmrun import grammar
-from llmrun.errors import BadOption
+from llmrun.errors import BadInput, BadOption
 from llmrun.grammar import SchemaProblem
 from llmrun.options import check_param, spellings
 from llmrun.server.openai_errors import ApiError
+from llmrun.templates.plan import check_tools
 
 # OpenAI field -> llmrun Sampling name. top_k, min_p and repeat_penalty are not
 # OpenAI's, but llama.cpp's server takes them under these names too.
@@ -42,6 +43,7 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "dimensions": (),
 }
 CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format", "n", "logprobs"})
+CONTROL_FIELDS |= {"grammar"}  # llama-server's: a GBNF grammar as text
 CHAT_ONLY = frozenset({"messages", "max_completion_tokens", "tools", "tool_choice", "functions"})
 CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs", "chat_template_kwargs"}
 CHAT_ONLY |= {"reasoning_effort", "reasoning_format"}
@@ -120,8 +122,8 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 def _sampling(name: str, value: Any) -> tuple[str, Any]:
     key = SAMPLING_FIELDS[name]
-    if key == "max_tokens":
-        _int(name, value, 0)
+    if key == "max_tokens" and _int(name, value, 0) == 0:
+        return key, 0  # nothing generated: the caller decides whether that is allowed
     try:
         return key, check_param(key, value, where=name)
     except BadOption as e:
@@ -149,15 +151,13 @@ API_SCHEMA_PROBLEMS = {
 
 
 @functools.lru_cache(maxsize=64)
-def schema_grammar(schema_text: str, param: str = "response_format") -> str:
+def schema_grammar(schema_text: str) -> str:
     """A GBNF grammar for a JSON Schema (as canonical JSON text), checked first."""
     try:
         return grammar.schema_grammar(schema_text)
     except SchemaProblem as e:
         message = API_SCHEMA_PROBLEMS[e.kind].format(detail=e.detail)
-        if param != "response_format":
-            message = f"{param}: {message}"
-        raise bad(message, param) from None
+        raise bad(message, "response_format") from None
 
 
 def _response_format(value: Any) -> str | None:
@@ -203,31 +203,20 @@ def _generate(body: Any, allowed: frozenset[str], endpoint: str, setters: dict[s
     return req
 
 
+def _gbnf(value: Any) -> str:
+    if not isinstance(value, str) or "root" not in value:
+        raise bad("grammar must be GBNF text with a root rule", "grammar")
+    return value
+
+
 # ---------------------------------------------------------------- tools
 
 
 def _tools(value: Any) -> list[dict[str, Any]]:
-    """OpenAI tool definitions, checked: [{"type": "function", "function": {"name", ...}}]."""
-    if not isinstance(value, list):
-        raise bad("tools must be a list of tool definitions", "tools", "invalid_type")
-    tools = []
-    for i, tool in enumerate(value):
-        where = f"tools[{i}]"
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            raise bad(f"{where} must be {{'type': 'function', 'function': {{...}}}}", "tools")
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise bad(f"{where}.function must be an object with a name", "tools")
-        params = fn.get("parameters")
-        if params is not None:
-            if not isinstance(params, dict):
-                raise bad(f"{where}.function.parameters must be a JSON Schema object", "tools")
-            schema_grammar(json.dumps(params, sort_keys=True), "tools")  # checked: it must convert
-        tools.append({"type": "function", "function": fn})
-    names = [t["function"]["name"] for t in tools]
-    if len(set(names)) != len(names):
-        raise bad("tools: two functions have the same name", "tools")
-    return tools
+    try:
+        return check_tools(value)
+    except BadInput as e:
+        raise bad(e.message, "tools") from None
 
 
 def _tool_choice(value: Any) -> str:
@@ -272,6 +261,7 @@ COMMON_SETTERS: dict[str, Setter] = {
     "stream_options": lambda r, v: setattr(r, "include_usage", _stream_options(v)),
     "response_format": lambda r, v: setattr(r, "grammar", _response_format(v)),
     "n": lambda r, v: setattr(r, "n", _int("n", v, 1)),
+    "grammar": lambda r, v: setattr(r, "grammar", _gbnf(v)),
 }
 CHAT_SETTERS: dict[str, Setter] = {
     **COMMON_SETTERS,
@@ -355,6 +345,9 @@ def _message(i: int, msg: Any) -> dict[str, Any]:
         raise bad(
             f"{where}.role must be one of {', '.join(ROLES)}, got {json.dumps(role)}", "messages"
         )
+    for key, owner in (("tool_calls", "assistant"), ("tool_call_id", "tool")):
+        if msg.get(key) not in (None, [], "") and role != owner:
+            raise bad(f"{where}: only {owner} messages carry {key}", "messages")
     out: dict[str, Any] = {"role": ROLES[role]}
     calls = msg.get("tool_calls")
     if role == "assistant" and calls:

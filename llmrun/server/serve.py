@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,6 +26,8 @@ from llmrun.errors import BadInput, BadOption
 from llmrun.generation import prepare
 from llmrun.server.app import create_app
 from llmrun.server.service import Service
+from llmrun.templates.plan import REASONING_MODES
+from llmrun.templates.render import Template, read_template_file
 
 GRACE_SECONDS = 10
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,17 +82,29 @@ def serve(
     api_key: str | None = None,
     embeddings: bool = False,
     system: str | None = None,
+    chat_template: Path | None = None,
+    reasoning: str = "auto",
     verbose: bool = False,
     announce: Callable[[str], None] = print,
     **options: Any,
 ) -> None:
-    """Serve `model` until stopped; `options` are prepare()'s (load and sampling flags)."""
+    """Serve `model` until stopped; `options` are prepare()'s (load and sampling flags).
+
+    `chat_template` (a file) replaces the model's template; `reasoning` (auto, on, off)
+    is the default for requests that do not say.
+    """
     if parallel < 1:
         raise BadOption(f"--parallel must be >= 1, got {parallel}")
     if not 0 <= port <= 65535:
         raise BadOption(f"--port must be between 0 and 65535, got {port}")
     if api_key is not None and not api_key.strip():
         raise BadOption("--api-key must not be empty")
+    if reasoning not in REASONING_MODES:
+        raise BadOption(
+            f"--reasoning must be one of {', '.join(REASONING_MODES)}, got {reasoning!r}"
+        )
+    if chat_template is not None:
+        Template(read_template_file(chat_template), f"chat template {chat_template}")  # checked
     prepared = prepare(model, system=system, verbose=verbose, **options)
     sock = listen(host, port)
     with contextlib.closing(sock):
@@ -109,6 +124,8 @@ def serve(
             sampling=prepared.sampling,
             system=prepared.system,
             embedder=Embedder(engine.model, threads=prepared.load.threads) if embeddings else None,
+            chat_template=chat_template,
+            reasoning=reasoning,
         )
         config = uvicorn.Config(
             app,

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmrun import grammar
 from llmrun.engine.sampling import Grammar
+from llmrun.errors import BadInput
 from llmrun.prompt import with_system
 from llmrun.templates import calls
 from llmrun.templates.calls import ToolFormat, ToolGrammar
@@ -43,6 +45,36 @@ class ChatPlan:
     prompt: str  # the rendered template
     grammar: Grammar | None
     reader: AnswerReader
+
+
+def check_tools(value: Any) -> list[dict[str, Any]]:
+    """OpenAI tool definitions, checked: [{"type": "function", "function": {"name", ...}}].
+
+    BadInput names the first problem; the server and the CLI word it for their input.
+    """
+    if not isinstance(value, list):
+        raise BadInput("tools must be a list of tool definitions")
+    tools = []
+    for i, tool in enumerate(value):
+        where = f"tools[{i}]"
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise BadInput(f"{where} must be {{'type': 'function', 'function': {{...}}}}")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise BadInput(f"{where}.function must be an object with a name")
+        params = fn.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise BadInput(f"{where}.function.parameters must be a JSON Schema object")
+            try:
+                grammar.schema_grammar(json.dumps(params))
+            except grammar.SchemaProblem as e:
+                raise BadInput(f"{where}.function.parameters: {e.detail}") from None
+        tools.append({"type": "function", "function": fn})
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise BadInput("tools: two functions have the same name")
+    return tools
 
 
 def tool_format(template: Template) -> ToolFormat:
@@ -94,7 +126,9 @@ def _grammar(fmt: ToolFormat, tools: Tools) -> Grammar:
         if fmt.whole and fmt.auto_grammar is not None:
             return Grammar(fmt.auto_grammar(tg, tools.parallel))
         return Grammar(fmt.grammar(tg, tools.parallel), fmt.triggers)
-    return Grammar(fmt.grammar(tg, tools.parallel))  # required, or one named function
+    if chosen:  # a named function: that one call
+        return Grammar(fmt.grammar(tg, False))
+    return Grammar(fmt.grammar(tg, tools.parallel))  # required
 
 
 def _as_text(messages: list[Message]) -> list[Message]:

@@ -175,9 +175,13 @@ def read_template_file(path: Path) -> str:
 class ChatTemplate(Template):
     """The template a model is chatted with: `override`'s (--chat-template FILE) or its own."""
 
-    def __init__(self, model: Model, override: Path | None = None) -> None:
+    def __init__(
+        self, model: Model, override: Path | None = None, source: str | None = None
+    ) -> None:
+        """`source`: override's text, when it was read already (checked before a load)."""
         if override is not None:
-            source, name = read_template_file(override), f"chat template {override}"
+            source = source if source is not None else read_template_file(override)
+            name = f"chat template {override}"
         else:
             source = model.metadata("tokenizer.chat_template") or ""
             name = f"the chat template of {model.path.name}"

@@ -147,7 +147,7 @@ def parse(text: str, partial: bool) -> Parsed:
     return sections(text, partial, (CALLS_BEGIN, CALL_BEGIN, *DSML_BLOCKS), _section)
 
 
-def system_prompt(tools: list[dict[str, Any]]) -> str:
+def system_prompt(tools: list[dict[str, Any]], parallel: bool = False) -> str:
     """The tools and the call syntax, for the templates that never show them (the R1
     distills', V3.1's): without it the model does not know what it may call."""
     listing = json.dumps([t["function"] for t in tools], indent=2, ensure_ascii=False)
@@ -203,5 +203,6 @@ FORMAT = register(
         parse=parse,
         grammar=grammar,
         triggers=(re.escape(CALLS_BEGIN), *map(re.escape, DSML_BLOCKS)),
+        describe=system_prompt,
     )
 )

@@ -136,5 +136,7 @@ FORMAT = register(
         grammar=grammar,
         triggers=(),
         whole=True,
+        describe=system_prompt,
+        auto_grammar=auto_grammar,
     )
 )
