@@ -247,6 +247,7 @@ ANSWERS = [
         "<|channel|>commentary<|message|>python3 -c 'print(1)'",
         Parsed(reasoning="I will run python"),  # a builtin tool nobody offered: dropped
     ),
+    ("gptoss", "to=whom it may concern", Parsed(content="to=whom it may concern")),
     # Command R7B
     ("command_r", "<|START_RESPONSE|>" + HELLO + "<|END_RESPONSE|>", Parsed(content=HELLO)),
     (
@@ -449,3 +450,5 @@ def test_the_real_model_obeys_the_grammar(model: object, fmt: str) -> None:
     assert [c.name for c in parsed.calls] == ["get_weather"], text
     args = json.loads(parsed.calls[0].arguments)
     assert isinstance(args, dict) and "city" in args, text
+    # what the grammar wrote is what a trigger finds (the lazy grammar starts at a trigger)
+    assert any(re.match(t, text) for t in by_name(fmt).triggers), text
