@@ -7,6 +7,7 @@ grammars the real demo model obeys."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,6 +248,7 @@ ANSWERS = [
         "<|channel|>commentary<|message|>python3 -c 'print(1)'",
         Parsed(reasoning="I will run python"),  # a builtin tool nobody offered: dropped
     ),
+    ("gptoss", "to=whom it may concern", Parsed(content="to=whom it may concern")),
     # Command R7B
     ("command_r", "<|START_RESPONSE|>" + HELLO + "<|END_RESPONSE|>", Parsed(content=HELLO)),
     (
@@ -449,3 +451,32 @@ def test_the_real_model_obeys_the_grammar(model: object, fmt: str) -> None:
     assert [c.name for c in parsed.calls] == ["get_weather"], text
     args = json.loads(parsed.calls[0].arguments)
     assert isinstance(args, dict) and "city" in args, text
+    # what the grammar wrote is what a trigger finds (the lazy grammar starts at a trigger)
+    assert any(re.match(t, text) for t in by_name(fmt).triggers), text
+
+
+PIECES = [
+    *("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>"),
+    *("<｜DSML｜function_calls>", '<｜DSML｜invoke name="', '">', '<｜DSML｜parameter name="'),
+    *('" string="', "true", "</｜DSML｜parameter>", "</｜DSML｜invoke>", "<|channel|>", "analysis"),
+    *(" to=functions.x", "<|message|>", "<|end|>", "<|start|>assistant", "<|call|>"),
+    *("<|START_ACTION|>", "<|END_ACTION|>", "<|START_THINKING|>", "<|START_RESPONSE|>"),
+    *("[", "{", "}", "]", ",", ":", '"tool_name"', '"parameters"', '"a"', "1", "\n", " ", '"'),
+    *(">>>", "all", "get\n", "<function=", "</function>", "```json", "```", "function", "x"),
+]
+
+
+@pytest.mark.parametrize("fmt", list(FAMILIES))
+def test_no_text_makes_a_parser_raise(fmt: str) -> None:
+    """Answers spliced with stray markers, and marker soup: parsed, never an exception."""
+    rng = random.Random(7)
+    texts = [t for _, t, _ in ANSWERS + MALFORMED]
+    parse = by_name(fmt).parse
+    for _ in range(1500):
+        text = rng.choice(texts)
+        at = rng.randrange(len(text) + 1)
+        spliced = text[:at] + rng.choice(PIECES) + text[at:]
+        soup = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+        for t in (spliced, soup):
+            parse(t, True)
+            parse(t, False)

@@ -166,7 +166,7 @@ def _dsml_param(tools: ToolGrammar, i: int, name: str, schema: dict[str, Any]) -
 
 
 def _dsml_invoke_rule(tools: ToolGrammar, i: int) -> str:
-    """One tool's invoke: its required parameters in order, then any optional ones."""
+    """One tool's invoke: its parameters in the schema's order, the optional ones optional."""
     params = tools.parameters(i)
     required = params.get("required", [])
     body = []

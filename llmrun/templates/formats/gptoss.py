@@ -66,6 +66,9 @@ def parse(text: str, partial: bool) -> Parsed:
                     raise Incomplete
                 _text(r, out["content"])  # no header: plain text, the answer
                 break
+            if not partial and MESSAGE not in rest:  # a header never finished: it is text
+                _text(r, out["content"])
+                break
             channel, recipient = _header(r.until(MESSAGE))
             if recipient.startswith(FUNCTIONS):
                 _call(r, recipient[len(FUNCTIONS) :], calls, out["content"])
@@ -125,9 +128,9 @@ def grammar(tools: ToolGrammar, parallel: bool) -> str:
         tail = f"{constraint} {lit(MESSAGE)} {tools.args(i)}"
         shapes.append(f"{to} {channel} {tail}")
         shapes.append(f"{channel} {to} {tail}")
-    call = f"{lit(START)}? ( {' | '.join(shapes)} )"
-    more = f" ( {lit('<|call|>')} {call} )*" if parallel else ""
-    return tools.build(call + more)
+    call = f"( {' | '.join(shapes)} )"
+    more = f" ( {lit('<|call|>' + START)} {call} )*" if parallel else ""
+    return tools.build(f"{lit(START)}? {call}{more}")
 
 
 FORMAT = register(
