@@ -484,7 +484,10 @@ def test_chat_body_is_read_as_openai_clients_send_it():
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 21}, "top_logprobs"),
         ({"messages": [{"role": "tool", "content": "x", "tool_call_id": 5}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"},
+            "tool_choice",
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),

@@ -17,7 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from tests.test_serve import KEY, Server, start_server, stop_server
+from tests.test_serve import Server, start_server, stop_server
 
 openai = pytest.importorskip("openai")
 

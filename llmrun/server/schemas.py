@@ -353,7 +353,7 @@ def _message(i: int, msg: Any) -> dict[str, Any]:
     if role == "assistant" and calls:
         out["tool_calls"] = _tool_calls(calls, where)
         content = msg.get("content")
-        out["content"] = "" if content is None else _text(content, where)
+        out["content"] = None if content in (None, "") else _text(content, where)
     else:
         out["content"] = _text(msg.get("content"), where)
     if role == "tool":

@@ -86,9 +86,7 @@ def template_messages(messages: list[Message], object_arguments: bool = True) ->
         if not calls:
             out.append(msg)
             continue
-        msg = copy.deepcopy(msg)
-        if msg.get("content") is None:
-            msg["content"] = ""
+        msg = copy.deepcopy(msg)  # content stays None where it is: templates test for that
         for call in msg["tool_calls"]:
             fn = call.get("function", {})
             if not object_arguments:
