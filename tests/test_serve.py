@@ -333,7 +333,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {**GOOD, "max_tokens": -1}, 400, "max_tokens"),
     ("/v1/completions", {**GOOD, "temperature": "hot"}, 400, "temperature"),
     ("/v1/completions", {**GOOD, "top_p": 2}, 400, "top_p"),
-    ("/v1/completions", {**GOOD, "n": 3}, 400, "n"),
+    ("/v1/completions", {**GOOD, "n": 17}, 400, "n"),  # more than --parallel
     ("/v1/completions", {**GOOD, "stream": "yes"}, 400, "stream"),
     ("/v1/completions", {"max_tokens": 2}, 400, "prompt"),
     ("/v1/completions", {**GOOD, "prompt": "word " * 600}, 400, "context_length_exceeded"),

@@ -77,16 +77,22 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def template_messages(messages: list[Message], object_arguments: bool = True) -> list[Message]:
-    """Messages as templates expect them: tool-call arguments as objects (or, for the few
-    templates that concatenate them, as JSON text), content a string."""
+def template_messages(
+    messages: list[Message], object_arguments: bool = True, null_content: bool = True
+) -> list[Message]:
+    """Messages as templates expect them. Templates differ on an assistant message with
+    tool calls: most want its arguments as objects, a few (Functionary) as JSON text; some
+    test its content for none (DeepSeek R1), others add it to strings: render() tries the
+    variants in that order."""
     out = []
     for msg in messages:
         calls = msg.get("tool_calls")
         if not calls:
             out.append(msg)
             continue
-        msg = copy.deepcopy(msg)  # content stays None where it is: templates test for that
+        msg = copy.deepcopy(msg)
+        if not null_content and msg.get("content") is None:
+            msg["content"] = ""
         for call in msg["tool_calls"]:
             fn = call.get("function", {})
             if not object_arguments:
@@ -97,6 +103,10 @@ def template_messages(messages: list[Message], object_arguments: bool = True) ->
                     fn["arguments"] = json.loads(fn["arguments"])
         out.append(msg)
     return out
+
+
+# How to hand tool calls to a template, in the order tried: (object_arguments, null_content).
+CALL_VARIANTS = ((True, True), (False, True), (True, False), (False, False))
 
 
 class Template:
@@ -125,20 +135,20 @@ class Template:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
             **kwargs,
-            "messages": template_messages(messages),
             "add_generation_prompt": add_generation_prompt,
         }
         if tools:
             variables["tools"] = tools
+        variants = CALL_VARIANTS if any(m.get("tool_calls") for m in messages) else ((True, True),)
         try:
-            try:
-                return self._compiled.render(**variables)
-            except TypeError:
-                if not any(m.get("tool_calls") for m in messages):
-                    raise
-                # Functionary's templates add the arguments to strings: give them text.
-                variables["messages"] = template_messages(messages, object_arguments=False)
-                return self._compiled.render(**variables)
+            for i, (objects, nulls) in enumerate(variants):
+                variables["messages"] = template_messages(messages, objects, nulls)
+                try:
+                    return self._compiled.render(**variables)
+                except (TypeError, jinja2.UndefinedError):
+                    if i == len(variants) - 1:
+                        raise
+            raise AssertionError("unreachable")
         except TemplateError as e:
             raise BadInput(f"{self.name} refused the conversation: {e}") from None
         except Exception as e:  # Jinja's own errors, or a template indexing what is not there
