@@ -17,7 +17,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from tests.test_serve import Server, start_server, stop_server
+from tests.test_serve import KEY, Server, start_server, stop_server
 
 openai = pytest.importorskip("openai")
 
@@ -291,3 +291,72 @@ def test_n_beyond_parallel_is_400(server: Server) -> None:
     body = json.dumps({"messages": ASK, "n": PARALLEL + 1}).encode()
     status, out = server.request("POST", "/v1/chat/completions", body)
     assert status == 400 and out["error"]["param"] == "n", out
+
+
+# ---------------------------------------------------------------- reasoning
+
+# Makes the tiny model think, then answer (llama-server's raw `grammar` field).
+THINK_THEN_ANSWER = 'root ::= "<think>" [a-z ]{5,40} "</think>" [A-Za-z ]{3,30}'
+
+
+def test_thinking_is_split_off_whole_and_streamed(client) -> None:
+    asked = {
+        "model": "x",
+        "messages": ASK,
+        "max_tokens": 60,
+        "temperature": 0,
+        "extra_body": {"grammar": THINK_THEN_ANSWER, "reasoning_format": "deepseek"},
+    }
+    whole = client.chat.completions.create(**asked).choices[0].message
+    reasoning = whole.model_extra["reasoning_content"]
+    assert reasoning and "<think>" not in reasoning and "</think>" not in reasoning
+    assert whole.content and "<think>" not in whole.content and "</think>" not in whole.content
+    streamed = {"reasoning_content": "", "content": ""}
+    for chunk in client.chat.completions.create(**asked, stream=True):
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            streamed["content"] += delta.content or ""
+            streamed["reasoning_content"] += (delta.model_extra or {}).get(
+                "reasoning_content"
+            ) or ""
+    assert streamed == {"reasoning_content": reasoning, "content": whole.content}
+
+
+def test_reasoning_format_none_leaves_the_thinking_in_the_content(client) -> None:
+    r = client.chat.completions.create(
+        model="x",
+        messages=ASK,
+        max_tokens=60,
+        temperature=0,
+        extra_body={"grammar": THINK_THEN_ANSWER, "reasoning_format": "none"},
+    )
+    message = r.choices[0].message
+    assert message.content.startswith("<think>")
+    assert not (message.model_extra or {}).get("reasoning_content")
+
+
+# ---------------------------------------------------------------- langchain
+
+
+def test_langchain_bind_tools_and_structured_output(server: Server) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from pydantic import BaseModel, Field
+
+    llm = langchain_openai.ChatOpenAI(
+        base_url=server.url + "/v1", api_key=KEY, model="smollm2", temperature=0, max_tokens=80
+    )
+    forced = llm.bind_tools([WEATHER], tool_choice="get_weather", parallel_tool_calls=False)
+    msg = forced.invoke("What is the weather like in Paris?")
+    assert [c["name"] for c in msg.tool_calls] == ["get_weather"]
+    jsonschema.validate(msg.tool_calls[0]["args"], WEATHER["function"]["parameters"])
+    assert msg.tool_calls[0]["id"]
+
+    class City(BaseModel):
+        """A city and its country."""
+
+        name: str = Field(description="the city")
+        country: str = Field(description="its country")
+
+    for method in ("function_calling", "json_schema"):
+        city = llm.with_structured_output(City, method=method).invoke("Name a city in France.")
+        assert isinstance(city, City) and city.name and city.country, method

@@ -46,6 +46,9 @@ class Terminal:
     def notice(self, text: str) -> None:
         self.err.print(text, style="dim", markup=False)
 
+    def thinking(self, text: str) -> None:
+        self.err.print(text, style="dim", markup=False, highlight=False, end="")
+
 
 def note_dropped(term: Terminal, reply: Reply, n_ctx: int) -> None:
     if reply.dropped:
@@ -112,10 +115,17 @@ class Command:
 
 class Repl:
     def __init__(
-        self, session: ChatSession, term: Terminal, *, markdown: bool, verbose: bool
+        self,
+        session: ChatSession,
+        term: Terminal,
+        *,
+        markdown: bool,
+        verbose: bool,
+        hide_thinking: bool = False,
     ) -> None:
         self.session = session
         self.term = term
+        self.hide_thinking = hide_thinking
         self.markdown = markdown and sys.stdout.isatty()
         self.verbose = verbose
         self.read = LineReader(store.home() / HISTORY_FILE)
@@ -183,9 +193,7 @@ class Repl:
         note_dropped(self.term, reply, n_ctx)
         out = sys.stdout
         try:
-            for piece in reply:
-                out.write(piece)
-                out.flush()
+            self.write(reply)
         except KeyboardInterrupt:
             pass
         finally:
@@ -201,6 +209,10 @@ class Repl:
             self.render_markdown(reply.text)
         if self.verbose and reply.stats:
             self.term.stats(reply.stats)
+
+    def write(self, reply: Reply) -> None:
+        """The answer on stdout; thinking dimmed on stderr, unless hidden."""
+        write_reply(reply, self.term, show_thinking=not self.hide_thinking)
 
     def render_markdown(self, text: str) -> None:
         """Replace the streamed text by its Markdown rendering, when all of it is on screen."""
@@ -347,8 +359,31 @@ def screen_rows(text: str, columns: int) -> int:
 # ---------------------------------------------------------------- not a terminal
 
 
+def write_reply(reply: Reply, term: Terminal, show_thinking: bool) -> None:
+    """A reply's text on stdout as it comes; its thinking, if shown, dimmed on stderr."""
+    out = sys.stdout
+    thought = False
+    for d in reply.events():
+        if d.reasoning and show_thinking:
+            term.thinking(d.reasoning)
+            thought = True
+        if d.content:
+            if thought:
+                term.thinking("\n")
+                thought = False
+            out.write(d.content)
+            out.flush()
+    if thought:
+        term.thinking("\n")
+
+
 def answer_all(
-    session: ChatSession, messages: Iterable[str], term: Terminal, *, verbose: bool
+    session: ChatSession,
+    messages: Iterable[str],
+    term: Terminal,
+    *,
+    verbose: bool,
+    hide_thinking: bool = False,
 ) -> None:
     """One reply per message on stdout, nothing else there; notices on stderr."""
     out = sys.stdout
@@ -358,9 +393,7 @@ def answer_all(
             continue
         reply = session.send(text)
         note_dropped(term, reply, session.model.n_ctx)
-        for piece in reply:
-            out.write(piece)
-            out.flush()
+        write_reply(reply, term, show_thinking=not hide_thinking)
         out.write("" if reply.text.endswith("\n") else "\n")
         out.flush()
         note_context_end(term, reply, session.model.n_ctx)

@@ -24,7 +24,9 @@ from llmrun import store
 from llmrun.engine import Model, Stats
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
+from llmrun.templates.reasoning import prompt_opens_thinking, template_thinks
 from llmrun.templates.render import ChatTemplate, Message
+from llmrun.templates.stream import AnswerReader, AnswerStream, Delta
 
 SAVE_FORMAT = 1
 DEFAULT_RESERVE = 512  # tokens kept free for a reply when -n sets no limit
@@ -58,15 +60,21 @@ class Reply:
         self.message: Message = {"role": "assistant", "content": "", "interrupted": True}
         self.dropped = dropped  # turns that left the window to make room for this one
         self.stats: Stats | None = None
+        self.reasoning = ""  # a thinking model's thinking: shown, never saved as the answer
         self._parts: list[str] = []
-        self._pieces = session._stream(self, tokens)
+        self._events = session._stream(self, tokens)
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        """The answer's text as it comes (thinking left out)."""
+        return (d.content for d in self._events if d.content)
+
+    def events(self) -> Iterator[Delta]:
+        """The answer as it comes, thinking (Delta.reasoning) and text (Delta.content)."""
+        return self._events
 
     def close(self) -> None:
         """Stop generating; what came so far stays in the history, marked interrupted."""
-        self._pieces.close()
+        self._events.close()
 
     @property
     def text(self) -> str:
@@ -92,12 +100,17 @@ class ChatSession:
         *,
         name: str | None = None,
         template: ChatTemplate | None = None,
+        think: str = "auto",
     ) -> None:
+        """`think`: auto (split a thinking template's <think> off), on, or off (ask the
+        template not to think)."""
         self.model = model
         self.name = name or model.path.stem
         self.sampling = sampling or Sampling()
         self.system = system
         self.template = template or ChatTemplate(model)
+        self.template_kwargs = {"enable_thinking": False} if think == "off" else {}
+        self.thinking = think == "on" or (think == "auto" and template_thinks(self.template.source))
         self.messages: list[Message] = []
         self.start = 0  # messages before this index have left the window to fit the context
         self.last: Reply | None = None
@@ -202,12 +215,26 @@ class ChatSession:
         self.last = reply
         return reply
 
-    def _stream(self, reply: Reply, tokens: list[int]) -> Iterator[str]:
+    def _stream(self, reply: Reply, tokens: list[int]) -> Iterator[Delta]:
         stream = self.model.generate(tokens, self.sampling)
+        reader = AnswerReader(
+            thinking=self.thinking,
+            opened=self.thinking and prompt_opens_thinking(self._base[0]),
+        )
+        answer = AnswerStream(reader)
+
+        def take(deltas: list[Delta]) -> Iterator[Delta]:
+            for d in deltas:
+                reply.reasoning += d.reasoning
+                if d.content:
+                    reply._parts.append(d.content)
+                yield d
+
         try:
             for piece in stream:
-                reply._parts.append(piece)
-                yield piece
+                yield from take(answer.feed(piece) if reader.active else [Delta(content=piece)])
+            if reader.active:
+                yield from take(answer.finish()[0])
             del reply.message["interrupted"]
         finally:
             stream.close()
@@ -222,7 +249,7 @@ class ChatSession:
         return head + [{"role": m["role"], "content": m["content"]} for m in self.messages[start:]]
 
     def _render(self, start: int) -> tuple[str, list[int]]:
-        text = self.template.render(self._window(start))
+        text = self.template.render(self._window(start), **self.template_kwargs)
         return text, self._tokens(text)
 
     def _tokens(self, text: str) -> list[int]:

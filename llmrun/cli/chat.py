@@ -15,10 +15,13 @@ from llmrun import generation
 from llmrun.chat import ChatSession
 from llmrun.chat.repl import Repl, Terminal, answer_all
 from llmrun.cli.common import (
+    ChatTemplateOpt,
     GenerationOptions,
+    HideThinkingOpt,
     ModelArg,
     NoPullOpt,
     SystemOpt,
+    ThinkOpt,
     app,
     err,
     generation_options,
@@ -28,6 +31,7 @@ from llmrun.cli.common import (
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.engine import load_model
 from llmrun.errors import BadInput
+from llmrun.templates.render import ChatTemplate, read_template_file
 
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Render each finished reply as Markdown.")
@@ -48,6 +52,9 @@ def chat_command(
     system: SystemOpt = None,
     markdown: MarkdownOpt = False,
     batch: BatchOpt = False,
+    chat_template: ChatTemplateOpt = None,
+    think: ThinkOpt = "auto",
+    hide_thinking: HideThinkingOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
@@ -58,6 +65,8 @@ def chat_command(
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
+    generation.check_choices(think, "auto", [])
+    source = read_template_file(chat_template) if chat_template else None
     prepared = generation.prepare(
         model,
         system=system,
@@ -74,9 +83,19 @@ def chat_command(
                 "no message on stdin", "pipe the message in: echo Hi | llmrun chat --batch"
             )
     engine = load_model(prepared.resolved.path, prepared.load)
-    session = ChatSession(engine, prepared.sampling, prepared.system, name=prepared.resolved.name)
+    session = ChatSession(
+        engine,
+        prepared.sampling,
+        prepared.system,
+        name=prepared.resolved.name,
+        template=ChatTemplate(engine, chat_template, source=source),
+        think=think,
+    )
     term = Terminal(err, print_error, print_stats)
     if interactive:
-        Repl(session, term, markdown=markdown, verbose=options.verbose).loop()
+        Repl(
+            session, term, markdown=markdown, verbose=options.verbose, hide_thinking=hide_thinking
+        ).loop()
     else:
-        answer_all(session, [text] if batch else sys.stdin, term, verbose=options.verbose)
+        messages = [text] if batch else sys.stdin
+        answer_all(session, messages, term, verbose=options.verbose, hide_thinking=hide_thinking)
