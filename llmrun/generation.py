@@ -105,10 +105,19 @@ def prepare(
     return Prepared(resolved, load, Sampling().merged(params), params.get("system"))
 
 
-def grammar_for(format: str | None, json_schema: Path | None) -> str | None:
-    """A GBNF grammar for --format json or --json-schema FILE, checked up front."""
+def grammar_for(
+    format: str | None, json_schema: Path | None, grammar_file: Path | None = None
+) -> str | None:
+    """A GBNF grammar for --format json, --json-schema FILE or --grammar-file, checked up front."""
     if format is not None and format not in FORMATS:
         raise BadOption(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if grammar_file is not None:
+        if format or json_schema:
+            raise BadOption("choose one of --grammar-file, --json-schema and --format")
+        try:
+            return grammar_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise BadInput(f"cannot read --grammar-file {grammar_file}: {e.strerror}") from None
     if json_schema is None:
         return JSON_GBNF if format == "json" else None
     try:
@@ -193,6 +202,7 @@ def run(
     raw: bool = False,
     format: str | None = None,
     json_schema: Path | None = None,
+    grammar_file: Path | None = None,
     draft: str | None = None,
     draft_model: str | None = None,
     chat_template: Path | None = None,
@@ -208,7 +218,7 @@ def run(
     `tools` (a file of OpenAI tool definitions) lets the model call them, as
     `tool_choice` says; `think` is auto, on or off (see README).
     """
-    grammar: str | Grammar | None = grammar_for(format, json_schema)
+    grammar: str | Grammar | None = grammar_for(format, json_schema, grammar_file)
     if draft is not None and draft not in DRAFT_KINDS:
         raise BadOption(f"--draft must be one of {', '.join(DRAFT_KINDS)}, got {draft!r}")
     offered = read_tools(tools) if tools is not None else []

@@ -143,6 +143,12 @@ JsonSchemaOpt = Annotated[
         "--json-schema", help="Constrain the output to this JSON Schema file.", show_default=False
     ),
 ]
+GrammarFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--grammar-file", help="Constrain the output to this GBNF grammar.", show_default=False
+    ),
+]
 DraftOpt = Annotated[
     str | None,
     typer.Option(

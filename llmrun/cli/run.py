@@ -17,6 +17,7 @@ from llmrun.cli.common import (
     DraftOpt,
     FormatOpt,
     GenerationOptions,
+    GrammarFileOpt,
     HideThinkingOpt,
     JsonSchemaOpt,
     NoPullOpt,
@@ -141,6 +142,7 @@ def run_command(
     raw: RawOpt = False,
     format: FormatOpt = None,
     json_schema: JsonSchemaOpt = None,
+    grammar_file: GrammarFileOpt = None,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
@@ -183,6 +185,7 @@ def run_command(
         raw=raw,
         format=format,
         json_schema=json_schema,
+        grammar_file=grammar_file,
         draft=draft,
         draft_model=draft_model,
         chat_template=chat_template,
