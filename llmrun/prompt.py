@@ -34,12 +34,3 @@ def raw_tokens(model: Model, prompt: str, *, system: str | None = None) -> list[
     """The prompt as is (after `system` and a blank line); special-token text stays text."""
     text = f"{system}\n\n{prompt}" if system else prompt
     return model.tokenize(text, add_special=True, parse_special=False)
-
-
-def prompt_tokens(model: Model, prompt: str, *, system: str | None, raw: bool) -> list[int]:
-    """The tokens to evaluate: the prompt as is with --raw, else through the chat template."""
-    if raw:
-        return raw_tokens(model, prompt, system=system)
-    return chat_tokens(
-        model, ChatTemplate(model), [{"role": "user", "content": prompt}], system=system
-    )
