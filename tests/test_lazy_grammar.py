@@ -17,6 +17,7 @@ from llmrun.engine import load_model
 from llmrun.engine.sampling import Grammar
 from llmrun.options import Load, Sampling
 from llmrun.templates.calls import ToolGrammar, by_name
+
 # Enums keep the tiny model's arguments short (left free, it repeats itself in a string).
 WEATHER = {
     "type": "function",

@@ -360,3 +360,28 @@ def test_langchain_bind_tools_and_structured_output(server: Server) -> None:
     for method in ("function_calling", "json_schema"):
         city = llm.with_structured_output(City, method=method).invoke("Name a city in France.")
         assert isinstance(city, City) and city.name and city.country, method
+
+
+def test_parameters_with_refs_as_pydantic_writes_them(client) -> None:
+    from pydantic import BaseModel
+
+    class Place(BaseModel):
+        city: str
+        country: str
+
+    class Trip(BaseModel):
+        start: Place
+        stops: list[Place]
+
+    schema = Trip.model_json_schema()
+    assert "$defs" in schema
+    tool = {"type": "function", "function": {"name": "plan_trip", "parameters": schema}}
+    r = client.chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "Plan a trip from Paris to Rome."}],
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "plan_trip"}},
+        max_tokens=150,
+    )
+    call = r.choices[0].message.tool_calls[0]
+    Trip.model_validate_json(call.function.arguments)

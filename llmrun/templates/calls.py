@@ -195,6 +195,32 @@ def arguments_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+MAX_REF_DEPTH = 8  # a recursive schema is cut off there, as any JSON value
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` with its "#/$defs/..." and "#/definitions/..." refs replaced by what
+    they point at (pydantic writes nested models that way)."""
+
+    def resolve(node: Any, depth: int) -> Any:
+        if isinstance(node, list):
+            return [resolve(x, depth) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            if depth >= MAX_REF_DEPTH:
+                return {}
+            target: Any = schema
+            for part in ref[2:].split("/"):
+                target = target.get(part, {}) if isinstance(target, dict) else {}
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return resolve({**target, **rest}, depth + 1)
+        return {k: resolve(v, depth) for k, v in node.items() if k not in ("$defs", "definitions")}
+
+    return resolve(schema, 0)
+
+
 class ToolGrammar:
     """GBNF pieces for a request's tools, for formats to assemble their call syntax from.
 
@@ -218,8 +244,10 @@ class ToolGrammar:
         return json.dumps(text, ensure_ascii=False)
 
     def parameters(self, i: int) -> dict[str, Any]:
+        """Tool i's parameters schema, with its local $refs inlined: the schema is placed
+        inside other schemas here, where "#/$defs/..." would point at the wrong root."""
         params = self.tools[i]["function"].get("parameters") or {"type": "object"}
-        return params
+        return inline_refs(params)
 
     def args(self, i: int) -> str:
         if i not in self._args:
