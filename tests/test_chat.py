@@ -413,3 +413,36 @@ def test_ten_turns_in_a_small_context(llmrun, smollm2: Path) -> None:
     assert r.code == 0, r.stderr
     assert "dropped the" in r.stderr and "oldest turn" in r.stderr
     assert "error" not in r.stderr
+
+
+# ---------------------------------------------------------------- thinking models
+
+
+def test_thinking_is_shown_apart_and_not_kept_as_the_answer(
+    engine: Model, tmp_path: Path, llmrun
+) -> None:
+    from llmrun.templates.render import ChatTemplate
+    from tests.test_run_tools import THINKING_TEMPLATE
+
+    path = tmp_path / "thinking.jinja"
+    path.write_text(THINKING_TEMPLATE)
+    engine.reset()
+    chat = ChatSession(
+        engine, Sampling(temp=0.0, max_tokens=12), template=ChatTemplate(engine, path)
+    )
+    assert chat.thinking  # the template opens <think>: auto splits it off
+    reply = chat.send("Why is the sky blue?")
+    events = list(reply.events())
+    # The tiny model never closes the block: all it writes is thinking, none of it the answer.
+    assert reply.reasoning and all(not e.content for e in events)
+    assert chat.messages[-1]["content"] == ""
+    assert "interrupted" not in chat.messages[-1]
+
+    r = llmrun("chat", str(engine.path), "--chat-template", str(path), "-n", "12", "--temp", "0",
+               input="Why is the sky blue?\n")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip() == ""
+    assert reply.reasoning.strip()[:20] in r.stderr  # shown, on stderr
+    hidden = llmrun("chat", str(engine.path), "--chat-template", str(path), "-n", "12",
+                    "--temp", "0", "--hide-thinking", input="Why is the sky blue?\n")  # fmt: skip
+    assert reply.reasoning.strip()[:20] not in hidden.stderr
