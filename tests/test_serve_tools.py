@@ -363,15 +363,18 @@ def test_langchain_bind_tools_and_structured_output(server: Server) -> None:
 
 
 def test_parameters_with_refs_as_pydantic_writes_them(client) -> None:
-    from pydantic import BaseModel
+    from typing import Literal
 
+    from pydantic import BaseModel, Field
+
+    # Closed choices keep the tiny model from rambling inside a string until max_tokens.
     class Place(BaseModel):
-        city: str
-        country: str
+        city: Literal["Paris", "Rome", "Milan"]
+        country: Literal["France", "Italy"]
 
     class Trip(BaseModel):
         start: Place
-        stops: list[Place]
+        stops: list[Place] = Field(max_length=2)
 
     schema = Trip.model_json_schema()
     assert "$defs" in schema

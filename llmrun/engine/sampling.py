@@ -32,20 +32,50 @@ class Grammar:
     triggers: tuple[str, ...] = ()
 
 
+def _literal(pattern: str) -> str | None:
+    """The text a pattern matches when it is a plain escaped literal, else None."""
+    text = re.sub(r"\\(.)", r"\1", pattern, flags=re.S)
+    return text if re.escape(text) == pattern else None
+
+
+def _trigger_token(model: Model, pattern: str) -> int | None:
+    """The token a trigger is, when it is one token of the vocabulary (`<tool_call>` in
+    Qwen's, `[TOOL_CALLS]` in Mistral's): llama.cpp then waits for that token, which costs
+    nothing, instead of matching a pattern against the whole output at every token."""
+    text = _literal(pattern)
+    if not text:
+        return None
+    tokens = model.tokenize(text, add_special=False, parse_special=True)
+    return tokens[0] if len(tokens) == 1 else None
+
+
 def _grammar_sampler(model: Model, grammar: str | Grammar) -> llama_cpp.llama_sampler_p:
     if isinstance(grammar, str):
         grammar = Grammar(grammar)
     if not grammar.triggers:
         return llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.text.encode(), b"root")
-    # llama.cpp matches a pattern against the whole output so far and feeds the grammar
-    # from the pattern's first group: the trigger.
-    patterns = [f"[\\s\\S]*?({t})[\\s\\S]*".encode() for t in grammar.triggers]
+    tokens: list[int] = []
+    patterns: list[bytes] = []
     for t in grammar.triggers:
         re.compile(t)  # a bad pattern is our bug; fail here, not inside std::regex
-    array = (ctypes.c_char_p * len(patterns))(*patterns)
-    no_tokens = (llama_cpp.llama_token * 1)()
+        token = _trigger_token(model, t)
+        if token is not None:
+            tokens.append(token)
+        else:
+            # llama.cpp searches the output so far for the pattern at each token, and feeds
+            # the grammar from where it matched. Bare, so the search is cheap: wrapped in
+            # [\s\S]*?( )[\s\S]*, std::regex's backtracking made it grow with the output.
+            patterns.append(t.encode())
+    pattern_array = (ctypes.c_char_p * max(1, len(patterns)))(*patterns)
+    token_array = (llama_cpp.llama_token * max(1, len(tokens)))(*tokens)
     return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-        model.vocab, grammar.text.encode(), b"root", array, len(patterns), no_tokens, 0
+        model.vocab,
+        grammar.text.encode(),
+        b"root",
+        pattern_array,
+        len(patterns),
+        token_array,
+        len(tokens),
     )
 
 
