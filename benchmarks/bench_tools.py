@@ -23,8 +23,10 @@ Hermes's <tool_call> syntax, with one tool, get_weather(city, unit):
    Every request starts its system message with a different number, so the server's prefix
    cache never holds a prompt's beginning: each request evaluates its whole prompt.
 
-The machine has 2 cores and may run other jobs: -t 2, runs of the compared kinds take turns,
-and each cell is the best of -r repetitions (the least disturbed one). The table and the
+The machine has 2 cores and may run other jobs: -t 2 by default, runs of the compared kinds
+take turns, and each cell is the best of -r repetitions (the least disturbed one). With another
+job using a core, -t 2 stalls at ggml's spinning barriers (under 1 token/s seen with the test
+suite running); -t 1 then still gives usable ratios. The table and the
 machine it ran on are printed and written to benchmarks/results/. See benchmarks/README.md.
 """
 
