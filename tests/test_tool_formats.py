@@ -10,7 +10,6 @@ import json
 import re
 from pathlib import Path
 
-import llama_cpp
 import pytest
 
 from llmrun.engine import load_model
@@ -488,7 +487,7 @@ def test_grammar_accepted_by_llama_cpp(model, fmt: str) -> None:
     for tools in ([WEATHER], [WEATHER, TIME]):
         for text in grammars(fmt, ToolGrammar(tools)):
             sampler = build_sampler(model, Sampling(temp=0), text)  # raises if llama.cpp refuses
-            llama_cpp.llama_sampler_free(sampler)
+            sampler.free()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -34,7 +34,7 @@ import numpy as np
 
 from llmrun.engine import rpc
 from llmrun.engine.model import N_UBATCH, Model, decode_batch, put_token
-from llmrun.engine.sampling import Grammar, build_sampler
+from llmrun.engine.sampling import Grammar, Sampler, build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineStopped, WorkerError
 from llmrun.options import Load, Sampling
@@ -86,7 +86,7 @@ class Handle:
         self,
         tokens: list[int],
         sampling: Sampling,
-        sampler: llama_cpp.llama_sampler_p,
+        sampler: Sampler,
         extras: Extras | None = None,
     ):
         self.tokens = tokens
@@ -256,7 +256,7 @@ class BatchEngine:
         with self._lock:  # fail() empties the queue under it: nothing may join after
             if self.failure:
                 for h in [handle, *handle.followers]:
-                    llama_cpp.llama_sampler_free(h._sampler)
+                    h._sampler.free()
                 raise WorkerError(self.failure, rpc.LOST_REMEDY)
             self._waiting.append(handle)
         self._wake.set()
@@ -319,7 +319,7 @@ class BatchEngine:
                     self._waiting.extendleft(reversed(handle.followers))
                     handle.followers = []
                     handle.finish_reason = "cancelled"
-                    llama_cpp.llama_sampler_free(handle._sampler)
+                    handle._sampler.free()
                     handle._push(_DONE)
                     continue
                 self._assign(free, handle)
@@ -450,7 +450,7 @@ class BatchEngine:
     def _sample(self, slot: _Slot) -> None:
         handle = slot.handle
         assert handle is not None
-        token = llama_cpp.llama_sampler_sample(handle._sampler, self.model.ctx, slot.logits_at)
+        token = handle._sampler.sample(self.model.ctx, slot.logits_at)
         if self.model.is_eog(token):
             self._finish(slot, "eos")
             return
@@ -485,7 +485,7 @@ class BatchEngine:
             with self._lock:
                 self._waiting.extendleft(reversed(handle.followers))
             handle.followers = []
-        llama_cpp.llama_sampler_free(handle._sampler)
+        handle._sampler.free()
         # Keep the prompt's cells as a prefix cache; the generated ones go now.
         keep = min(handle.prompt_tokens, len(slot.cached))
         if reason == "error" or not self.prefix_cache:

@@ -28,7 +28,7 @@ from llmrun.engine.offload import (
     host_available,
     plan_offload,
 )
-from llmrun.engine.sampling import Grammar, build_sampler
+from llmrun.engine.sampling import Grammar, Sampler, build_sampler
 from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
@@ -406,7 +406,7 @@ class Model:
                 sampler, sampling, ignore_eos, started, drafter, n_draft, special
             )
         finally:
-            llama_cpp.llama_sampler_free(sampler)
+            sampler.free()
             self._sync_cache()
             if drafter is not None:
                 drafter.close()
@@ -425,7 +425,7 @@ class Model:
 
     def _decode_loop(
         self,
-        sampler: llama_cpp.llama_sampler_p,
+        sampler: Sampler,
         sampling: Sampling,
         ignore_eos: bool,
         started: float,
@@ -456,7 +456,7 @@ class Model:
 
         reason: str | None = None
         try:
-            token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+            token = sampler.sample(self._ctx, -1)
             while True:
                 out, reason = take(token)
                 if out:
@@ -475,7 +475,7 @@ class Model:
                     one[0] = token
                     decode_batch(self._ctx, llama_cpp.llama_batch_get_one(one, 1), 1)
                     self._cached.append(token)
-                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+                    token = sampler.sample(self._ctx, -1)
                     continue
                 token, reason = yield from verify(self, sampler, token, draft, take)
                 if reason:

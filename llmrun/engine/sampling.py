@@ -7,11 +7,13 @@ min-p, temperature, then a seeded draw; temperature 0 is greedy.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import llama_cpp
+import numpy as np
 
 from llmrun.errors import BadOption
 from llmrun.options import Sampling
@@ -79,19 +81,11 @@ def _grammar_sampler(model: Model, grammar: str | Grammar) -> llama_cpp.llama_sa
     )
 
 
-def build_sampler(
-    model: Model, sampling: Sampling, grammar: str | Grammar | None = None
-) -> llama_cpp.llama_sampler_p:
-    """A new sampler chain; the caller frees it with llama_sampler_free."""
+def _chain(model: Model, sampling: Sampling) -> llama_cpp.llama_sampler_p:
+    """The sampler chain without the grammar."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
 
-    if grammar is not None:
-        g = _grammar_sampler(model, grammar)
-        if not g:
-            llama_cpp.llama_sampler_free(chain)
-            raise BadOption("the output grammar could not be parsed by llama.cpp")
-        add(g)
     if sampling.repeat_penalty != 1.0:
         add(
             llama_cpp.llama_sampler_init_penalties(
@@ -111,3 +105,71 @@ def build_sampler(
     seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed < 0 else sampling.seed
     add(llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
+class Sampler:
+    """The sampler chain, and the grammar apart from it, checked after the draw.
+
+    As llama.cpp's common sampler does: the chain draws a token from the whole vocabulary
+    (in C, no logits cross into Python), and the grammar checks only that one. Only when the
+    grammar refuses it are all the candidates masked by the grammar and drawn again; a grammar
+    at the head of the chain would check the whole vocabulary at every token instead (a
+    forced tool call ran at 0.71 of plain speed that way). Free it with `free()`.
+    """
+
+    def __init__(self, model: Model, sampling: Sampling, grammar: str | Grammar | None) -> None:
+        self.n_vocab = model.n_vocab
+        self.grammar: llama_cpp.llama_sampler_p | None = None
+        if grammar is not None:
+            self.grammar = _grammar_sampler(model, grammar)
+            if not self.grammar:
+                raise BadOption("the output grammar could not be parsed by llama.cpp")
+        self.chain = _chain(model, sampling)
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        self._all: np.ndarray | None = None  # the candidates, for a refused draw
+
+    def sample(self, ctx: llama_cpp.llama_context_p, i: int) -> int:
+        """Draw the next token from the logits of batch index i (-1: the last)."""
+        token = llama_cpp.llama_sampler_sample(self.chain, ctx, i)
+        if self.grammar is None:
+            return token
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 0.0, 0.0
+        self._one_array.size, self._one_array.selected = 1, -1
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._one_array))
+        if one.logit == -math.inf:
+            token = self._constrained(ctx, i)
+        llama_cpp.llama_sampler_accept(self.grammar, token)
+        return token
+
+    def _constrained(self, ctx: llama_cpp.llama_context_p, i: int) -> int:
+        """Every candidate through the grammar, then the chain's draw among those left."""
+        if self._all is None:
+            self._all = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        cand = self._all
+        cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        raw = llama_cpp.llama_get_logits_ith(ctx, i)
+        cand["logit"] = np.ctypeslib.as_array(raw, shape=(self.n_vocab,))
+        cand["p"] = 0.0
+        data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(data, self.n_vocab, -1, False)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        return int(cand["id"][array.selected])
+
+    def free(self) -> None:
+        llama_cpp.llama_sampler_free(self.chain)
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+        self.grammar = None
+
+
+def build_sampler(
+    model: Model, sampling: Sampling, grammar: str | Grammar | None = None
+) -> Sampler:
+    """A new Sampler; the caller frees it with its free()."""
+    return Sampler(model, sampling, grammar)

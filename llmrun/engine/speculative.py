@@ -19,6 +19,7 @@ from llmrun.errors import BadInput
 
 if TYPE_CHECKING:
     from llmrun.engine.model import Model
+    from llmrun.engine.sampling import Sampler
 
 DRAFT_KINDS = ("ngram",)
 
@@ -96,7 +97,7 @@ class ModelDrafter:
 
 def verify(
     target: Model,
-    sampler: llama_cpp.llama_sampler_p,
+    sampler: Sampler,
     token: int,
     draft: list[int],
     take: Callable[[int], tuple[str, str | None]],
@@ -112,7 +113,7 @@ def verify(
     kept = 0
     reason: str | None = None
     for i, guess in enumerate(draft):
-        token = llama_cpp.llama_sampler_sample(sampler, target.ctx, i)
+        token = sampler.sample(target.ctx, i)
         if token != guess:
             break
         kept += 1
@@ -123,7 +124,7 @@ def verify(
         if reason:
             break
     else:
-        token = llama_cpp.llama_sampler_sample(sampler, target.ctx, len(draft))
+        token = sampler.sample(target.ctx, len(draft))
     # Cells past the last kept guess hold rejected tokens.
     target.truncate(start + 1 + kept)
     return token, reason
