@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import GenerationOptions, err, note_cpu_only, print_error
+from llmrun.cli.common import err, note_cpu_only, print_error
+from llmrun.cli.flags import GenerationOptions
 from llmrun.errors import BadInput, LlmrunError
 
 BatchOpt = Annotated[

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from llmrun import bench
-from llmrun.cli.common import GenerationOptions, app, err, generation_options, note_cpu_only
+from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.flags import GenerationOptions, generation_options
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[

@@ -14,7 +14,8 @@ import typer
 from llmrun import generation
 from llmrun.chat import ChatSession
 from llmrun.chat.repl import Repl, Terminal, answer_all
-from llmrun.cli.common import (
+from llmrun.cli.common import app, err, note_cpu_only, print_error
+from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
     HideThinkingOpt,
@@ -22,11 +23,7 @@ from llmrun.cli.common import (
     NoPullOpt,
     SystemOpt,
     ThinkOpt,
-    app,
-    err,
     generation_options,
-    note_cpu_only,
-    print_error,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.engine import load_model

@@ -10,16 +10,8 @@ from typing import Annotated
 import rich.progress as bars
 import typer
 
-from llmrun.cli.common import (
-    JsonOpt,
-    ModelArg,
-    NglOpt,
-    ThreadsOpt,
-    app,
-    err,
-    note_cpu_only,
-    print_json,
-)
+from llmrun.cli.common import app, err, note_cpu_only, print_json
+from llmrun.cli.flags import JsonOpt, ModelArg, NglOpt, ThreadsOpt
 from llmrun.cli.output import print_fields
 from llmrun.evaluate import EvalResult, Progress, evaluate
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from llmrun.cli.common import JsonOpt, RpcOpt, app, print_json
+from llmrun.cli.common import app, print_json
+from llmrun.cli.flags import JsonOpt, RpcOpt
 from llmrun.cli.output import human_size, print_fields, print_table
 
 

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from llmrun import store
-from llmrun.cli.common import JsonOpt, ModelArg, YesOpt, app, err, print_json
+from llmrun.cli.common import app, err, print_json
+from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt
 from llmrun.cli.output import human_size, print_fields, print_table
 from llmrun.errors import BadInput
 from llmrun.ggufinfo import format_count, read_info

@@ -11,7 +11,8 @@ import typer
 
 from llmrun import generation
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
-from llmrun.cli.common import (
+from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.flags import (
     ChatTemplateOpt,
     DraftModelOpt,
     DraftOpt,
@@ -27,10 +28,7 @@ from llmrun.cli.common import (
     ToolChoiceOpt,
     ToolsOpt,
     VerbosePromptOpt,
-    app,
-    err,
     generation_options,
-    note_cpu_only,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound

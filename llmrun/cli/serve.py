@@ -6,16 +6,14 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import (
+from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
     ModelArg,
     NoPullOpt,
     SystemOpt,
-    app,
-    err,
     generation_options,
-    note_cpu_only,
 )
 from llmrun.cli.output import progress_for_stderr
 from llmrun.errors import LlmrunError

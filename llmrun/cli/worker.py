@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import ThreadsOpt, app, err
+from llmrun.cli.common import app, err
+from llmrun.cli.flags import ThreadsOpt
 from llmrun.errors import BadOption, EngineError
 
 
