@@ -161,7 +161,8 @@ class Generation:
         stream = AnswerStream(self.reader)
         for piece in self._pieces:
             yield from stream.feed(piece)
-        deltas, self.parsed = stream.finish()
+        cut = self.model.stats.stop_reason in ("length", "context")
+        deltas, self.parsed = stream.finish(cut=cut)
         yield from deltas
 
     @property

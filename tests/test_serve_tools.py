@@ -388,3 +388,35 @@ def test_parameters_with_refs_as_pydantic_writes_them(client) -> None:
     )
     call = r.choices[0].message.tool_calls[0]
     Trip.model_validate_json(call.function.arguments)
+
+
+def test_a_tool_without_parameters_takes_none(client) -> None:
+    ping = {"type": "function", "function": {"name": "ping", "description": "Are you there?"}}
+    r = client.chat.completions.create(
+        model="x", messages=ASK, tools=[ping], tool_choice="required",
+        parallel_tool_calls=False, max_tokens=40,
+    )  # fmt: skip
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "ping" and json.loads(call.function.arguments) == {}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_by_max_tokens_is_a_call_not_markup(client, stream: bool) -> None:
+    asked = {
+        "model": "x", "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+        "parallel_tool_calls": False, "max_tokens": 22,  # past the name, inside the arguments
+    }  # fmt: skip
+    if stream:
+        content, names, finish = "", [], None
+        for chunk in client.chat.completions.create(**asked, stream=True):
+            delta = chunk.choices[0].delta
+            content += delta.content or ""
+            names += [tc.function.name for tc in delta.tool_calls or [] if tc.id]
+            finish = chunk.choices[0].finish_reason or finish
+    else:
+        choice = client.chat.completions.create(**asked).choices[0]
+        content, finish = choice.message.content or "", choice.finish_reason
+        names = [tc.function.name for tc in choice.message.tool_calls or []]
+    assert finish == "length"
+    assert names == ["get_weather"]
+    assert "<tool_call>" not in content

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from llmrun.engine.model import Model
 
 
+CUT = ("length", "context")  # the engine's reasons for stopping at a limit
+
+
 class Tokens:
     """Token text and bytes for logprobs, as the answer writes them."""
 
@@ -86,7 +89,7 @@ class Choice:
     def finish(self) -> tuple[list[Delta], Parsed]:
         if not self.reader.active:
             return [], Parsed(content=self.stream.text)
-        return self.stream.finish()
+        return self.stream.finish(cut=self.handle.finish_reason in CUT)
 
     def new_logprobs(self) -> list[TokenLogprob]:
         """The token logprobs not sent yet (the engine thread appends as it goes)."""

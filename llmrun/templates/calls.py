@@ -246,7 +246,8 @@ class ToolGrammar:
     def parameters(self, i: int) -> dict[str, Any]:
         """Tool i's parameters schema, with its local $refs inlined: the schema is placed
         inside other schemas here, where "#/$defs/..." would point at the wrong root."""
-        params = self.tools[i]["function"].get("parameters") or {"type": "object"}
+        # No parameters: the function takes none (an empty object), as OpenAI reads it.
+        params = self.tools[i]["function"].get("parameters") or {"type": "object", "properties": {}}
         return inline_refs(params)
 
     def args(self, i: int) -> str:

@@ -71,9 +71,14 @@ class AnswerStream:
         self.text += piece
         return self._diff(self.reader.parse(self.text, True))
 
-    def finish(self) -> tuple[list[Delta], Parsed]:
-        """The last deltas, and the answer whole (calls with their ids)."""
-        final = self.reader.parse(self.text, False)
+    def finish(self, cut: bool = False) -> tuple[list[Delta], Parsed]:
+        """The last deltas, and the answer whole (calls with their ids).
+
+        `cut`: generation stopped at a limit (max_tokens, the context). The answer is then read
+        as the prefix it is: a call cut off is a call with its arguments so far (as OpenAI
+        returns it), or nothing before its name is complete, never markup in the text.
+        """
+        final = self.reader.parse(self.text, partial=cut)
         deltas = self._diff(final)
         for i, call in enumerate(final.calls):
             call.id = self._id(i, call)
