@@ -158,6 +158,7 @@ class Generation:
         return (d.content for d in self.events() if d.content)
 
     def events(self) -> Iterator[Delta]:
+        """The answer as Deltas (for plain text, each piece as content)."""
         stream = AnswerStream(self.reader)
         for piece in self._pieces:
             yield from stream.feed(piece)

@@ -232,9 +232,8 @@ class ChatSession:
 
         try:
             for piece in stream:
-                yield from take(answer.feed(piece) if reader.active else [Delta(content=piece)])
-            if reader.active:
-                yield from take(answer.finish()[0])
+                yield from take(answer.feed(piece))
+            yield from take(answer.finish()[0])
             del reply.message["interrupted"]
         finally:
             stream.close()

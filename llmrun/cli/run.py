@@ -94,7 +94,7 @@ def write_answer(answer: generation.Generation, show_thinking: bool) -> None:
     out = sys.stdout
     last = ""
     thought = False
-    for delta in answer.events() if answer.reader.active else ():
+    for delta in answer.events():
         if delta.reasoning and show_thinking:
             err.print(delta.reasoning, style="dim", end="", markup=False, highlight=False)
             thought = True
@@ -105,11 +105,6 @@ def write_answer(answer: generation.Generation, show_thinking: bool) -> None:
             out.write(delta.content)
             out.flush()
             last = delta.content
-    if not answer.reader.active:
-        for piece in answer:
-            out.write(piece)
-            out.flush()
-            last = piece or last
     if thought:
         err.print()
     calls = answer.parsed.calls if answer.parsed else []

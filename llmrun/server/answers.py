@@ -81,14 +81,9 @@ class Choice:
         self.stream = AnswerStream(self.reader)
 
     def feed(self, piece: str) -> list[Delta]:
-        if not self.reader.active:
-            self.stream.text += piece
-            return [Delta(content=piece)]
         return self.stream.feed(piece)
 
     def finish(self) -> tuple[list[Delta], Parsed]:
-        if not self.reader.active:
-            return [], Parsed(content=self.stream.text)
         return self.stream.finish(cut=self.handle.finish_reason in CUT)
 
     def new_logprobs(self) -> list[TokenLogprob]:

@@ -234,7 +234,7 @@ class OpenAI:
                 return []
             logprobs = None
             if lps is not None:
-                offset = len(job.prompt_texts[choice.index // req.n]) + len(choice.stream.text)
+                offset = len(job.prompt_texts[choice.index // req.n]) + choice.stream.length
                 offset -= len(text)
                 logprobs = tokens.legacy(lps, [lp.token for lp in lps], offset)
             return [chunks.text(choice.index, text, logprobs)]

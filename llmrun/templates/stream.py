@@ -63,12 +63,24 @@ class AnswerStream:
     """Feed the pieces of an answer; get the deltas to send, then the whole answer."""
 
     reader: AnswerReader
-    text: str = ""
     sent: Parsed = field(default_factory=Parsed)
+    length: int = 0  # characters fed so far
+    _parts: list[str] = field(default_factory=list)
     _ids: list[str] = field(default_factory=list)
 
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
     def feed(self, piece: str) -> list[Delta]:
-        self.text += piece
+        # Kept as parts: plain text is never joined piece by piece (that is quadratic).
+        self._parts.append(piece)
+        self.length += len(piece)
+        if not self.reader.active:  # plain text: the piece as it is, no parsing
+            return [Delta(content=piece)] if piece else []
         return self._diff(self.reader.parse(self.text, True))
 
     def finish(self, cut: bool = False) -> tuple[list[Delta], Parsed]:
@@ -78,6 +90,8 @@ class AnswerStream:
         as the prefix it is: a call cut off is a call with its arguments so far (as OpenAI
         returns it), or nothing before its name is complete, never markup in the text.
         """
+        if not self.reader.active:
+            return [], Parsed(content=self.text)
         final = self.reader.parse(self.text, partial=cut)
         deltas = self._diff(final)
         for i, call in enumerate(final.calls):
