@@ -18,6 +18,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from llmrun.templates.calls import Parsed, ToolCall, ToolGrammar, by_name, detect
 from llmrun.templates.formats import deepseek
 from llmrun.templates.render import Template
+from tests.test_tool_formats import WEATHER
 
 # Every real template of each family: detected as it, and no other template is.
 FAMILIES = {
@@ -38,18 +39,6 @@ FAMILIES = {
     ],
 }
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 TIME = {
     "type": "function",
     "function": {
