@@ -186,7 +186,9 @@ def _response_format(value: Any) -> str | None:
 Setter = Callable[[Generate, Any], None]
 
 
-def _generate(body: Any, allowed: frozenset[str], endpoint: str, setters: dict[str, Setter]):
+def _generate(
+    body: Any, allowed: frozenset[str], endpoint: str, setters: dict[str, Setter]
+) -> Generate:
     req = Generate()
     for name, value in _object(body).items():
         _check_field(name, value, allowed, endpoint)
