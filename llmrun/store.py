@@ -315,6 +315,34 @@ def record_checkpoint(
     return folder
 
 
+_OWN_KEYS = ("format", "name", "quant", "file", "size", "created")
+
+
+def copy(source: Path, name: str, quant: str, *, manifest: dict[str, Any], tag: str) -> Path:
+    """A second name for a model file (Ollama's copy): a link to the same file, and a
+    manifest of its own. Refuses to replace a model stored under that name."""
+    check_name(name)
+    quant = quant.upper()
+    dest = model_path(name, quant)
+    manifest = {k: v for k, v in manifest.items() if k not in _OWN_KEYS}
+    try:
+        with file_lock(dest):
+            if dest.exists():
+                raise StoreError(
+                    f"{name}:{quant} is already in the store", f"remove it first: llmrun rm {name}"
+                )
+            _link(source.resolve(), dest)
+            write_manifest(
+                dest,
+                name=name,
+                quant=quant,
+                **{"architecture": None, "parameters": None, **manifest, "copied_from": tag},
+            )
+    except OSError as e:
+        raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
+    return dest
+
+
 def _check_replaceable(dest: Path, repo: str, tag: str, force: bool) -> None:
     """A stored model from elsewhere (another repo, `llmrun quantize`) stays unless --force."""
     if force or not dest.exists():

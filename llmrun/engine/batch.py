@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -100,6 +101,11 @@ class Handle:
         self.prompt_tokens = len(tokens)
         self.completion_tokens = 0
         self.reused_tokens = 0
+        self.generated: list[int] = []  # the sampled token ids, in order
+        # perf_counter marks: queued, prompt evaluated (first token sampled), ended.
+        self.submitted_at = time.perf_counter()
+        self.prompt_done_at: float | None = None
+        self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None
         self._sampler = sampler
@@ -319,6 +325,7 @@ class BatchEngine:
                     self._waiting.extendleft(reversed(handle.followers))
                     handle.followers = []
                     handle.finish_reason = "cancelled"
+                    handle.finished_at = time.perf_counter()
                     handle._sampler.free()
                     handle._push(_DONE)
                     continue
@@ -451,10 +458,13 @@ class BatchEngine:
         handle = slot.handle
         assert handle is not None
         token = handle._sampler.sample(self.model.ctx, slot.logits_at)
+        if handle.prompt_done_at is None:
+            handle.prompt_done_at = time.perf_counter()
         if self.model.is_eog(token):
             self._finish(slot, "eos")
             return
         handle.completion_tokens += 1
+        handle.generated.append(token)
         self.generated += 1
         if handle.extras.logprobs is not None:
             row = self._row(slot.logits_at)
@@ -481,6 +491,7 @@ class BatchEngine:
             if tail:
                 handle._push(tail)
         handle.finish_reason = reason
+        handle.finished_at = time.perf_counter()
         if handle.followers:  # it ended before its prompt was evaluated: they queue on their own
             with self._lock:
                 self._waiting.extendleft(reversed(handle.followers))

@@ -283,6 +283,20 @@ class Model:
     def eos(self) -> int:
         return llama_cpp.llama_vocab_eos(self._vocab)
 
+    @property
+    def add_bos(self) -> bool:
+        """Whether the vocabulary starts a prompt with BOS."""
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle tokens (prefix, suffix, middle), None when it has none."""
+        ids = (
+            llama_cpp.llama_vocab_fim_pre(self._vocab),
+            llama_cpp.llama_vocab_fim_suf(self._vocab),
+            llama_cpp.llama_vocab_fim_mid(self._vocab),
+        )
+        return None if any(t < 0 for t in ids) else ids
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 

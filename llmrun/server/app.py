@@ -1,33 +1,72 @@
-"""The server's Starlette (ASGI) app: one Service, the routes of the APIs over it, the API key.
+"""The server's Starlette (ASGI) app: the model pool, the APIs over it, the API key.
 
-create_app builds the Service (service.py) that the APIs share, mounts /health
-and the OpenAI API's routes (openai.py), and with an API key puts BearerAuth in
-front of them all. Every error goes out through openai_errors.HANDLERS.
-Shutdown is serve.py's: it ends what is left in flight through
-`app.state.service`, then stops the engine.
+create_app mounts /health, the OpenAI API (openai.py) and Ollama's (ollama.py,
+ollama_models.py) over one Pool (pool.py), and with an API key puts BearerAuth
+in front of them all. Errors go out in the shape of the API whose path was
+asked (ERROR_SHAPES): Ollama's `{"error": "..."}` under /api/, OpenAI's
+elsewhere. Shutdown is serve.py's: it ends what is left in flight through
+`app.state.pool`, then unloads the models.
 """
 
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmrun.options import Sampling
+from llmrun.errors import LlmrunError
+from llmrun.server import ollama
+from llmrun.server.ollama import Ollama
+from llmrun.server.ollama_models import OllamaModels
 from llmrun.server.openai import OpenAI
-from llmrun.server.openai_errors import HANDLERS, error_body
-from llmrun.server.service import Service
+from llmrun.server.openai_errors import ApiError, from_llmrun
+from llmrun.server.pool import Pool
 
-if TYPE_CHECKING:
-    from llmrun.engine.batch import BatchEngine
-    from llmrun.engine.embed import Embedder
+# Path prefix -> the error body of that API; OpenAI's for the rest.
+ERROR_SHAPES = {"/api/": ollama.error_body}
+
+
+def respond_error(path: str, err: ApiError) -> JSONResponse:
+    shape = next((f for prefix, f in ERROR_SHAPES.items() if path.startswith(prefix)), None)
+    body = shape(err.status, err.message) if shape else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return respond_error(request.url.path, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404/405 and friends."""
+    assert isinstance(exc, HTTPException)
+    err = ApiError(exc.status_code, exc.detail, headers=exc.headers)
+    return respond_error(request.url.path, err)
+
+
+async def _llmrun_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LlmrunError)
+    return respond_error(request.url.path, from_llmrun(exc))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: answer 500 in the usual shape; the server keeps serving."""
+    err = ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+    return respond_error(request.url.path, err)
+
+
+HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    LlmrunError: _llmrun_error,
+    Exception: _unexpected_error,
+}
 
 
 class BearerAuth:
@@ -39,13 +78,13 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._allowed(scope):
-            body = error_body(
+            err = ApiError(
                 401,
                 "missing or wrong API key: send Authorization: Bearer KEY",
                 code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
             )
-            headers = {"WWW-Authenticate": "Bearer"}
-            await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
+            await respond_error(scope.get("path", ""), err)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -55,48 +94,46 @@ class BearerAuth:
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
 
 
-def health_route(service: Service) -> Route:
-    """/health: 200 with the engine's stats, or 503 once it has failed."""
+def health_route(pool: Pool) -> Route:
+    """/health: 200 with the loaded models' counters, or 503 once the engine has failed."""
 
     async def health(_: Request) -> JSONResponse:
-        if service.engine.failure:
+        services = pool.services()
+        failure = pool.failure or next(
+            (s.engine.failure for s in services if s.engine.failure), None
+        )
+        default = pool.default.resolved.name if pool.default else None
+        if failure:
             return JSONResponse(
-                {"status": "error", "error": service.engine.failure, "model": service.model_name},
-                status_code=503,
+                {"status": "error", "error": failure, "model": default}, status_code=503
             )
-        return JSONResponse({"status": "ok", "model": service.model_name, **service.engine.stats()})
+        models = [{"model": s.model_name, **s.engine.stats()} for s in services]
+        totals = {
+            key: sum(m[key] for m in models)
+            for key in ("active", "waiting", "steps", "generated_tokens")
+        }
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": default,
+                "parallel": pool.settings.parallel,
+                **totals,
+                "models": models,
+            }
+        )
 
     return Route("/health", health)
 
 
-def create_app(
-    engine: BatchEngine,
-    model_name: str,
-    api_key: str | None = None,
-    *,
-    sampling: Sampling | None = None,
-    system: str | None = None,
-    embedder: Embedder | None = None,
-    chat_template: Path | None = None,
-    reasoning: str = "auto",
-) -> Starlette:
-    """The ASGI app serving `engine` as `model_name`; with `api_key`, every request needs it.
-
-    `sampling` holds the defaults a request's own fields override (the command's
-    flags and the model's params); `system` is used when a chat has no system message;
-    `chat_template` (a file) replaces the model's; `reasoning` is --reasoning's default.
-    """
-    service = Service(
-        engine,
-        model_name,
-        sampling or Sampling(),
-        system,
-        embedder,
-        chat_template=chat_template,
-        reasoning=reasoning,
-    )
-    routes = [health_route(service), *OpenAI(service).routes()]
+def create_app(pool: Pool, api_key: str | None = None) -> Starlette:
+    """The ASGI app serving the pool's models; with `api_key`, every request needs it."""
+    routes = [
+        health_route(pool),
+        *OpenAI(pool).routes(),
+        *Ollama(pool).routes(),
+        *OllamaModels(pool).routes(),
+    ]
     middleware = [Middleware(BearerAuth, key=api_key)] if api_key else []
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
-    app.state.service = service
+    app.state.pool = pool
     return app

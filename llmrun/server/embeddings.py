@@ -22,24 +22,17 @@ from llmrun.server.service import Service, shutting_down
 if TYPE_CHECKING:
     import numpy as np
 
-    from llmrun.engine.embed import Embedder
-
 POLL_SECONDS = 0.25  # how often a waiting request looks at the engine
 
 T = TypeVar("T")
 
 
-async def embed(service: Service, inputs: list[str | list[int]]) -> tuple[list[np.ndarray], int]:
-    """One vector per input, and the tokens they took."""
-    embedder = service.embedder
-    if embedder is None:
-        raise ApiError(
-            400,
-            "this server was not started for embeddings: start llmrun serve with --embeddings",
-            param="model",
-            code="embeddings_not_supported",
-        )
-    return await unless_failed(service, _embed_all, service, embedder, inputs)
+async def embed(
+    service: Service, inputs: list[str | list[int]], truncate: bool = False
+) -> tuple[list[np.ndarray], int]:
+    """One vector per input, and the tokens they took; `truncate` cuts long inputs (Ollama's)
+    instead of refusing them."""
+    return await unless_failed(service, _embed_all, service, inputs, truncate)
 
 
 async def unless_failed(service: Service, fn: Callable[..., T], *args: Any) -> T:
@@ -69,14 +62,17 @@ async def unless_failed(service: Service, fn: Callable[..., T], *args: Any) -> T
 
 
 def _embed_all(
-    service: Service, embedder: Embedder, inputs: list[str | list[int]]
+    service: Service, inputs: list[str | list[int]], truncate: bool
 ) -> tuple[list[np.ndarray], int]:
+    embedder = service.embedder()  # made on the first embedding request
     with embedder.lock:  # shutdown waits for this request, then frees the model
         if embedder.closed:
             raise shutting_down()
         vectors, used = [], 0
         for i, item in enumerate(inputs):
             tokens = service.tokens(item, "input")
+            if truncate:
+                tokens = tokens[: embedder.n_ctx]
             try:
                 vectors.append(embedder.embed(tokens))
             except ContextOverflow as e:

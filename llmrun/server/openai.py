@@ -9,8 +9,7 @@ away mid-answer has its sequence cancelled at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,38 +17,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmrun.engine.batch import Extras
-from llmrun.errors import BadInput
 from llmrun.server import embeddings, responses, schemas
 from llmrun.server.answers import Choice, Tokens, delta_fields, finish_reason, message
+from llmrun.server.jobs import Job, chat_job, completion_job
 from llmrun.server.openai_errors import ApiError
 from llmrun.server.responses import FINISH_REASONS, Chunks, EventStream
 from llmrun.server.transport import merged, read_json, whole_answers
-from llmrun.templates.plan import Tools, plan_chat
-from llmrun.templates.stream import AnswerReader
 
 if TYPE_CHECKING:
     from llmrun.engine.batch import Handle
-    from llmrun.engine.sampling import Grammar
+    from llmrun.generation import Prepared
+    from llmrun.server.pool import Lease, Pool
     from llmrun.server.service import Service
 
 
-@dataclass
-class Job:
-    """A request made ready for the engine: what to evaluate and how to read the answers."""
-
-    prompts: list[list[int]]
-    grammar: Grammar | str | None
-    extras: Extras
-    reader: AnswerReader = field(default_factory=AnswerReader)
-    prompt_texts: list[str] = field(default_factory=list)  # completions: for echo, offsets
+RAW_REMEDY = "use /v1/completions"
 
 
 class OpenAI:
-    """The OpenAI endpoints over one Service."""
+    """The OpenAI endpoints over the pool's models."""
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
 
     def routes(self) -> list[Route]:
         return [
@@ -63,111 +52,89 @@ class OpenAI:
     # ------------------------------------------------------------ small endpoints
 
     async def models(self, _: Request) -> JSONResponse:
-        s = self.service
-        return JSONResponse(
-            {"object": "list", "data": [responses.model_object(s.model_name, s.created)]}
-        )
+        servable = await run_in_threadpool(self.pool.servable)
+        data = [responses.model_object(p.resolved.name, _created(p)) for p in servable]
+        return JSONResponse({"object": "list", "data": data})
 
     async def model(self, request: Request) -> JSONResponse:
         name = request.path_params["name"]
-        if name != self.service.model_name:
-            raise ApiError(
-                404, f"model {name!r} is not served here", param="model", code="model_not_found"
-            )
-        return JSONResponse(responses.model_object(name, self.service.created))
+        servable = await run_in_threadpool(self.pool.servable)
+        for p in servable:
+            if p.resolved.name == name:
+                return JSONResponse(responses.model_object(name, _created(p)))
+        raise ApiError(
+            404, f"model {name!r} is not served here", param="model", code="model_not_found"
+        )
 
     async def embeddings(self, request: Request) -> JSONResponse:
         req = schemas.parse_embeddings(await read_json(request))
-        vectors, used = await embeddings.embed(self.service, req.inputs)
-        return JSONResponse(
-            responses.embedding_list(vectors, req.encoding_format, used, self.service.model_name)
-        )
+        lease = await self.pool.lease(req.model)
+        try:
+            vectors, used = await embeddings.embed(lease.service, req.inputs)
+        finally:
+            lease.release()
+        name = req.model or lease.service.model_name
+        return JSONResponse(responses.embedding_list(vectors, req.encoding_format, used, name))
 
     # ------------------------------------------------------------ generation
 
     async def chat(self, request: Request) -> Response:
         req = schemas.parse_chat(await read_json(request))
-        return await self._answer(request, req, self._chat_job, chat=True)
+        return await self._answer(request, req, chat=True)
 
     async def completions(self, request: Request) -> Response:
         req = schemas.parse_completion(await read_json(request))
-        return await self._answer(request, req, self._completion_job, chat=False)
+        return await self._answer(request, req, chat=False)
 
-    def _chat_job(self, req: schemas.Generate) -> Job:
-        s = self.service
-        try:
-            template = s.template()
-        except BadInput as e:  # its remedy (--raw) is the command line's
-            raise ApiError(
-                400, f"{e.message}; use /v1/completions", param="messages", code="no_template"
-            ) from None
-        reasoning = s.reasoning if req.reasoning is None else ("on" if req.reasoning else "off")
-        try:
-            plan = plan_chat(
-                template,
-                req.messages,
-                tools=Tools(req.tools, req.tool_choice, req.parallel_tool_calls),
-                reasoning=reasoning,
-                template_kwargs=req.template_kwargs,
-                system=s.system,
-            )
-        except BadInput as e:  # the template refused this conversation
-            raise ApiError(400, e.message, param="messages", code="template_error") from None
-        reader = plan.reader
-        if req.reasoning is False:  # reasoning_format none: thinking stays in the content
-            reader = replace(reader, thinking=False)
-        tokens = s.engine.model.tokenize(plan.prompt, add_special=True, parse_special=True)
-        extras = Extras(logprobs=req.logprobs, special=reader.active)
-        return Job([tokens], plan.grammar or req.grammar, extras, reader)
+    async def _answer(self, request: Request, req: schemas.Generate, chat: bool) -> Response:
+        lease = await self.pool.lease(req.model)
+        service = lease.service
 
-    def _completion_job(self, req: schemas.Generate) -> Job:
-        model = self.service.engine.model
-        prompts = [self.service.tokens(prompt, "prompt") for prompt in req.prompts]
-        texts = [p if isinstance(p, str) else model.detokenize(p) for p in req.prompts]
-        want_prompt = req.echo and req.logprobs is not None
-        extras = Extras(logprobs=req.logprobs, echo=want_prompt, generate=not req.prompt_only)
-        return Job(prompts, req.grammar, extras, prompt_texts=texts)
-
-    async def _answer(
-        self,
-        request: Request,
-        req: schemas.Generate,
-        prepare: Callable[[schemas.Generate], Job],
-        chat: bool,
-    ) -> Response:
         def submit() -> tuple[Job, list[Handle]]:
-            job = prepare(req)
-            return job, self.service.submit(
-                job.prompts, req.sampling, job.grammar, job.extras, req.n
-            )
+            job = chat_job(service, req, RAW_REMEDY) if chat else completion_job(service, req)
+            return job, service.submit(job.prompts, req.sampling, job.grammar, job.extras, req.n)
 
-        # Templates, tokenizing and grammars take a while: not on the event loop.
-        job, handles = await run_in_threadpool(submit)
-        self.service.track(handles)
+        try:
+            # Templates, tokenizing and grammars take a while: not on the event loop.
+            job, handles = await run_in_threadpool(submit)
+        except BaseException:
+            lease.release()
+            raise
+        service.track(handles)
         if req.stream:
-            return self._stream(req, job, handles, chat)
-        return await self._complete(request, req, job, handles, chat)
+            return self._stream(lease, req, job, handles, chat)
+        try:
+            return await self._complete(request, service, req, job, handles, chat)
+        finally:
+            lease.release()
 
     async def _complete(
-        self, request: Request, req: schemas.Generate, job: Job, handles: list[Handle], chat: bool
+        self,
+        request: Request,
+        service: Service,
+        req: schemas.Generate,
+        job: Job,
+        handles: list[Handle],
+        chat: bool,
     ) -> Response:
         """Wait for whole answers; a client that leaves cancels them."""
         try:
             texts = await whole_answers(request, handles)
         finally:
-            self.service.release(handles)
+            service.release(handles)
         if texts is None:
             return Response(status_code=499)  # nobody is listening; nginx's "client closed"
-        failure = self.service.failure(handles)
+        failure = service.failure(handles)
         if failure:
             raise failure
-        tokens = Tokens(self.service.engine.model, job.extras.special)
+        tokens = Tokens(service.engine.model, job.extras.special)
         shape = self._chat_choice if chat else self._text_choice
         choices = [
             shape(req, job, tokens, Choice(i, h, job.reader), text)
             for i, (h, text) in enumerate(zip(handles, texts, strict=True))
         ]
-        return JSONResponse(responses.completion(handles, choices, chat, self.service.model_name))
+        name = req.model or service.model_name
+        return JSONResponse(responses.completion(handles, choices, chat, name))
 
     @staticmethod
     def _chat_choice(
@@ -207,11 +174,12 @@ class OpenAI:
         }
 
     def _stream(
-        self, req: schemas.Generate, job: Job, handles: list[Handle], chat: bool
+        self, lease: Lease, req: schemas.Generate, job: Job, handles: list[Handle], chat: bool
     ) -> Response:
-        chunks = Chunks(len(handles), chat, self.service.model_name)
+        service = lease.service
+        chunks = Chunks(len(handles), chat, req.model or service.model_name)
         plain = not job.reader.active and job.extras.logprobs is None and not req.echo
-        tokens = Tokens(self.service.engine.model, job.extras.special)
+        tokens = Tokens(service.engine.model, job.extras.special)
         choices = [Choice(i, h, job.reader) for i, h in enumerate(handles)]
 
         def events_of(choice: Choice, deltas: list, last: bool = False) -> list[str]:
@@ -264,7 +232,7 @@ class OpenAI:
                         yield event
                 for event in events_of(choices[i], choices[i].feed(piece)):
                     yield event
-            failure = self.service.failure(handles)
+            failure = service.failure(handles)
             if failure:
                 yield responses.sse(failure.body())
                 return
@@ -282,4 +250,16 @@ class OpenAI:
                 yield chunks.usage(handles)
             yield responses.DONE
 
-        return EventStream(events(), on_close=lambda: self.service.release(handles))
+        def close() -> None:
+            service.release(handles)
+            lease.release()
+
+        return EventStream(events(), on_close=close)
+
+
+def _created(prepared: Prepared) -> int:
+    """A model's creation time for OpenAI's listing: its file's mtime."""
+    try:
+        return int(prepared.resolved.path.stat().st_mtime)
+    except OSError:
+        return 0

@@ -1,16 +1,14 @@
 """OpenAI-style error objects: `{"error": {"message", "type", "param", "code"}}`.
 
 Every failure the server answers, from a bad field to an unknown route, goes out
-in this shape, so an OpenAI client raises its usual exception with our message.
+in this shape, so an OpenAI client raises its usual exception with our message
+(under /api/, Ollama's shape instead: app.ERROR_SHAPES). ApiError is what every
+route raises.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from llmrun.errors import BadInput, ContextOverflow, LlmrunError
 
@@ -65,39 +63,3 @@ def from_llmrun(e: LlmrunError) -> ApiError:
     if isinstance(e, BadInput):
         return ApiError(400, str(e), code="invalid_value")
     return ApiError(500, str(e), code="engine_error")
-
-
-# ---------------------------------------------------------------- Starlette handlers
-
-
-async def api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-
-async def http_error(_: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own 404/405 and friends, in OpenAI's shape."""
-    assert isinstance(exc, HTTPException)
-    return JSONResponse(
-        error_body(exc.status_code, exc.detail), status_code=exc.status_code, headers=exc.headers
-    )
-
-
-async def llmrun_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, LlmrunError)
-    err = from_llmrun(exc)
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    """A bug: answer 500 in the usual shape; the server keeps serving."""
-    body = error_body(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
-    return JSONResponse(body, status_code=500)
-
-
-HANDLERS = {
-    ApiError: api_error,
-    HTTPException: http_error,
-    LlmrunError: llmrun_error,
-    Exception: unexpected_error,
-}

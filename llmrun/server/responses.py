@@ -14,8 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from llmrun.server.transport import ClosingStream
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,19 +36,11 @@ PIECE = "\0piece\0"  # stands for the text in a streamed event's ready-made fram
 PIECE_JSON = json.dumps(PIECE)
 
 
-class EventStream(StreamingResponse):
-    """Server-sent events; `on_close` runs however the response ends (a client that
-    leaves makes Starlette cancel it, perhaps before the first event)."""
+class EventStream(ClosingStream):
+    """Server-sent events, closed as ClosingStream's are."""
 
     def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        self.on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
+        super().__init__(events, on_close, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def sse(data: Any) -> str:

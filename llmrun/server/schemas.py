@@ -29,7 +29,7 @@ from llmrun.templates.plan import check_tools
 SAMPLING_FIELDS = spellings("api")
 # Accepted and ignored: bookkeeping that does not change the answer.
 IGNORED_FIELDS = frozenset(
-    {"model", "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+    {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
 )
 # Accepted only at their default (or null): what this server cannot do.
 DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
@@ -43,7 +43,7 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "dimensions": (),
 }
 CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format", "n", "logprobs"})
-CONTROL_FIELDS |= {"grammar"}  # llama-server's: a GBNF grammar as text
+CONTROL_FIELDS |= {"grammar", "model"}  # grammar: llama-server's, a GBNF grammar as text
 CHAT_ONLY = frozenset({"messages", "max_completion_tokens", "tools", "tool_choice", "functions"})
 CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs", "chat_template_kwargs"}
 CHAT_ONLY |= {"reasoning_effort", "reasoning_format"}
@@ -84,12 +84,14 @@ class Generate:
     parallel_tool_calls: bool = True
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     reasoning: bool | None = None  # None: the server's --reasoning default
+    model: str | None = None  # which model answers; None: the server's default
 
 
 @dataclass
 class Embed:
     inputs: list[str | list[int]]
     encoding_format: str = "float"
+    model: str | None = None
 
 
 def bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
@@ -112,7 +114,7 @@ def _check_field(name: str, value: Any, allowed: frozenset[str], endpoint: str) 
         )
 
 
-def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+def int_field(name: str, value: Any, low: int, high: int | None = None) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     if not ok or (high is not None and value > high):
         limit = f"{low}..{high}" if high is not None else f">= {low}"
@@ -122,7 +124,7 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 def _sampling(name: str, value: Any) -> tuple[str, Any]:
     key = SAMPLING_FIELDS[name]
-    if key == "max_tokens" and _int(name, value, 0) == 0:
+    if key == "max_tokens" and int_field(name, value, 0) == 0:
         return key, 0  # nothing generated: the caller decides whether that is allowed
     try:
         return key, check_param(key, value, where=name)
@@ -136,7 +138,7 @@ def _stream_options(value: Any) -> bool:
     return bool(value.get("include_usage"))
 
 
-def _bool(name: str, value: Any) -> bool:
+def bool_field(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise bad(f"{name} must be true or false, got {json.dumps(value)}", name)
     return value
@@ -205,6 +207,12 @@ def _generate(
     return req
 
 
+def model_name(value: Any, param: str = "model") -> str:
+    if not isinstance(value, str):
+        raise bad(f"{param} must be a string, got {json.dumps(value)}", param)
+    return value.strip()
+
+
 def _gbnf(value: Any) -> str:
     if not isinstance(value, str) or "root" not in value:
         raise bad("grammar must be GBNF text with a root rule", "grammar")
@@ -214,7 +222,7 @@ def _gbnf(value: Any) -> str:
 # ---------------------------------------------------------------- tools
 
 
-def _tools(value: Any) -> list[dict[str, Any]]:
+def tools_field(value: Any) -> list[dict[str, Any]]:
     try:
         return check_tools(value)
     except BadInput as e:
@@ -259,23 +267,24 @@ def _reasoning_format(req: Generate, value: Any) -> None:
 
 
 COMMON_SETTERS: dict[str, Setter] = {
-    "stream": lambda r, v: setattr(r, "stream", _bool("stream", v)),
+    "stream": lambda r, v: setattr(r, "stream", bool_field("stream", v)),
     "stream_options": lambda r, v: setattr(r, "include_usage", _stream_options(v)),
     "response_format": lambda r, v: setattr(r, "grammar", _response_format(v)),
-    "n": lambda r, v: setattr(r, "n", _int("n", v, 1)),
+    "n": lambda r, v: setattr(r, "n", int_field("n", v, 1)),
     "grammar": lambda r, v: setattr(r, "grammar", _gbnf(v)),
+    "model": lambda r, v: setattr(r, "model", model_name(v)),
 }
 CHAT_SETTERS: dict[str, Setter] = {
     **COMMON_SETTERS,
     # logprobs is a switch here; how many alternatives is top_logprobs.
-    "logprobs": lambda r, v: setattr(r, "logprobs", 0 if _bool("logprobs", v) else None),
+    "logprobs": lambda r, v: setattr(r, "logprobs", 0 if bool_field("logprobs", v) else None),
     "top_logprobs": lambda r, v: setattr(
-        r, "top_logprobs", _int("top_logprobs", v, 0, MAX_TOP_LOGPROBS)
+        r, "top_logprobs", int_field("top_logprobs", v, 0, MAX_TOP_LOGPROBS)
     ),
-    "tools": lambda r, v: setattr(r, "tools", _tools(v)),
+    "tools": lambda r, v: setattr(r, "tools", tools_field(v)),
     "tool_choice": lambda r, v: setattr(r, "tool_choice", _tool_choice(v)),
     "parallel_tool_calls": lambda r, v: setattr(
-        r, "parallel_tool_calls", _bool("parallel_tool_calls", v)
+        r, "parallel_tool_calls", bool_field("parallel_tool_calls", v)
     ),
     "chat_template_kwargs": lambda r, v: r.template_kwargs.update(_kwargs(v)),
     "reasoning_effort": _reasoning_effort,
@@ -284,8 +293,8 @@ CHAT_SETTERS: dict[str, Setter] = {
 COMPLETION_SETTERS: dict[str, Setter] = {
     **COMMON_SETTERS,
     # The legacy API's logprobs is the number of alternatives itself.
-    "logprobs": lambda r, v: setattr(r, "logprobs", _int("logprobs", v, 0, MAX_TOP_LOGPROBS)),
-    "echo": lambda r, v: setattr(r, "echo", _bool("echo", v)),
+    "logprobs": lambda r, v: setattr(r, "logprobs", int_field("logprobs", v, 0, MAX_TOP_LOGPROBS)),
+    "echo": lambda r, v: setattr(r, "echo", bool_field("echo", v)),
 }
 
 COMMON = frozenset(SAMPLING_FIELDS) | IGNORED_FIELDS | frozenset(DEFAULT_ONLY) | CONTROL_FIELDS
@@ -334,7 +343,7 @@ def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
     return calls
 
 
-def _message(i: int, msg: Any) -> dict[str, Any]:
+def parse_message(i: int, msg: Any) -> dict[str, Any]:
     where = f"messages[{i}]"
     if not isinstance(msg, dict):
         raise bad(f"{where} must be an object with role and content", "messages")
@@ -373,7 +382,7 @@ def parse_chat(body: Any) -> Generate:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages", "missing_required_parameter")
-    req.messages = [_message(i, m) for i, m in enumerate(messages)]
+    req.messages = [parse_message(i, m) for i, m in enumerate(messages)]
     if req.prompt_only:
         raise bad("max_tokens must be a positive integer, got 0", "max_tokens")
     if req.top_logprobs:
@@ -433,4 +442,5 @@ def parse_embeddings(body: Any) -> Embed:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
         raise bad(f"encoding_format must be float or base64, got {encoding!r}", "encoding_format")
-    return Embed(_inputs(body["input"], "input"), encoding)
+    model = model_name(body["model"]) if body.get("model") is not None else None
+    return Embed(_inputs(body["input"], "input"), encoding, model)

@@ -1,4 +1,4 @@
-"""Run the HTTP server: resolve and load the model, listen, serve until a signal.
+"""Run the HTTP server: check the flags, load MODEL if given, listen, serve until a signal.
 
 Ctrl-C or SIGTERM stops accepting connections, lets in-flight answers finish
 for up to GRACE_SECONDS, cancels what is left, and returns normally (exit 0).
@@ -20,12 +20,11 @@ from typing import Any
 import uvicorn
 
 from llmrun.engine import rpc
-from llmrun.engine.batch import BatchEngine
-from llmrun.engine.embed import Embedder
-from llmrun.errors import BadInput, BadOption
-from llmrun.generation import prepare
+from llmrun.errors import BadInput, BadOption, ModelNotFound
+from llmrun.generation import Prepared, prepare
 from llmrun.server.app import create_app
-from llmrun.server.service import Service
+from llmrun.server.openai_errors import ApiError
+from llmrun.server.pool import Pool, Settings, listed, parse_keep_alive, parse_size
 from llmrun.templates.plan import REASONING_MODES
 from llmrun.templates.render import Template, read_template_file
 
@@ -84,17 +83,28 @@ def serve(
     system: str | None = None,
     chat_template: Path | None = None,
     reasoning: str = "auto",
+    only: bool = False,
+    max_models: int = 3,
+    keep_alive: str = "5m",
+    max_memory: str | None = None,
     verbose: bool = False,
+    pull: bool = True,
+    progress: Any = None,
     announce: Callable[[str], None] = print,
     **options: Any,
 ) -> None:
-    """Serve `model` until stopped; `options` are prepare()'s (load and sampling flags).
+    """Serve until stopped: `model` loaded at once (and any other on request, unless `only`);
+    with no `model`, every model here, each loaded when a request names it.
 
-    `chat_template` (a file) replaces the model's template; `reasoning` (auto, on, off)
-    is the default for requests that do not say.
+    `options` are prepare()'s load and sampling flags, for every model. `chat_template`
+    (a file) replaces the models' templates; `reasoning` (auto, on, off) is the default
+    for requests that do not say. `max_models`, `keep_alive` and `max_memory` are the
+    pool's (pool.py).
     """
     if parallel < 1:
         raise BadOption(f"--parallel must be >= 1, got {parallel}")
+    if max_models < 1:
+        raise BadOption(f"--max-models must be >= 1, got {max_models}")
     if not 0 <= port <= 65535:
         raise BadOption(f"--port must be between 0 and 65535, got {port}")
     if api_key is not None and not api_key.strip():
@@ -103,67 +113,111 @@ def serve(
         raise BadOption(
             f"--reasoning must be one of {', '.join(REASONING_MODES)}, got {reasoning!r}"
         )
+    if only and model is None:
+        raise BadOption("--only needs a MODEL to serve")
     if chat_template is not None:
         Template(read_template_file(chat_template), f"chat template {chat_template}")  # checked
-    prepared = prepare(model, system=system, verbose=verbose, **options)
+    settings = Settings(
+        flags={**options, "verbose": verbose},
+        system=system,
+        parallel=parallel,
+        max_models=max_models,
+        keep_alive=parse_keep_alive(keep_alive, "--keep-alive"),
+        max_memory=parse_size(max_memory) if max_memory else None,
+        embeddings=embeddings,
+        chat_template=chat_template,
+        reasoning=reasoning,
+    )
+    # Every flag is checked (and MODEL found, pulled if need be) before anything listens.
+    default: Prepared | None = None
+    if model is not None:
+        default = prepare(
+            model, system=system, verbose=verbose, pull=pull, progress=progress, **options
+        )
+    else:
+        with contextlib.suppress(ModelNotFound):  # no default model is fine: requests name one
+            prepare(None, system=system, verbose=verbose, pull=False, **options)
     sock = listen(host, port)
     with contextlib.closing(sock):
-        engine = BatchEngine(prepared.resolved.path, prepared.load, parallel)
-        if prepared.load.rpc:  # a lost worker fails the requests, not the server
-            rpc.on_lost(engine.fail)
-            rpc.on_lost(
-                lambda message: announce(
-                    f"error: {message}; requests now get 503: restart llmrun serve "
-                    "once the worker is back"
-                )
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        asyncio.run(
+            _serve(
+                sock,
+                settings,
+                default,
+                only=only,
+                api_key=api_key,
+                verbose=verbose,
+                announce=announce,
+                url=f"http://{shown}:{bound_port}",
             )
-        app = create_app(
-            engine,
-            prepared.resolved.name,
-            api_key,
-            sampling=prepared.sampling,
-            system=prepared.system,
-            embedder=Embedder(engine.model, threads=prepared.load.threads) if embeddings else None,
-            chat_template=chat_template,
-            reasoning=reasoning,
         )
+
+
+async def _serve(
+    sock: socket.socket,
+    settings: Settings,
+    default: Prepared | None,
+    *,
+    only: bool,
+    api_key: str | None,
+    verbose: bool,
+    announce: Callable[[str], None],
+    url: str,
+) -> None:
+    pool = Pool(settings, only=only)
+    if settings.flags.get("rpc"):  # a lost worker fails the requests, not the server
+        rpc.on_lost(pool.fail)
+        rpc.on_lost(
+            lambda message: announce(
+                f"error: {message}; requests now get 503: restart llmrun serve "
+                "once the worker is back"
+            )
+        )
+    pool.start()
+    try:
+        if default is not None:
+            pool.default = listed(default)
+            try:
+                lease = await pool.lease(None, keep_alive=None)  # MODEL stays until sent away
+            except ApiError as e:  # it does not fit, say: the command fails as before
+                raise BadInput(e.message) from None
+            engine = lease.service.engine
+            lease.release()
+            others = "only this model (--only)" if only else "other models on request"
+            announce(
+                f"serving {default.resolved.name} on {url}/v1 and {url}/api "
+                f"({settings.parallel} sequences of {engine.slot_ctx} tokens; {others}); "
+                "Ctrl-C to stop"
+            )
+        else:
+            announce(
+                f"serving every local model on {url}/v1 and {url}/api, each loaded on request "
+                f"(up to {settings.max_models} at once); Ctrl-C to stop"
+            )
         config = uvicorn.Config(
-            app,
+            create_app(pool, api_key),
             log_level="info" if verbose else "warning",
             access_log=verbose,
             lifespan="off",
             ws="none",
             loop="asyncio",
-            # A backstop: answers are cancelled after GRACE_SECONDS (see _serve).
+            # A backstop: answers are cancelled after GRACE_SECONDS (see below).
             timeout_graceful_shutdown=GRACE_SECONDS + 5,
         )
-        engine.start()
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        announce(
-            f"serving {prepared.resolved.name} on http://{shown}:{bound_port}/v1 "
-            f"({parallel} sequences of {engine.slot_ctx} tokens); Ctrl-C to stop"
-        )
-        asyncio.run(_serve(Server(config), sock, engine, app.state.service))
-
-
-async def _serve(
-    server: Server, sock: socket.socket, engine: BatchEngine, service: Service
-) -> None:
-    grace = asyncio.ensure_future(_cancel_after_grace(server, service))
-    try:
-        await server.serve(sockets=[sock])
+        server = Server(config)
+        grace = asyncio.ensure_future(_cancel_after_grace(server, pool))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            grace.cancel()
     finally:
-        grace.cancel()
-        # Waits for an embedding in flight, before the model goes; after a lost RPC worker
-        # llama.cpp would wait for ever, so then the process just ends.
-        if service.embedder is not None and not engine.failure:
-            await asyncio.to_thread(service.embedder.close)
-        # While the event loop still runs: the engine tells each handle it is done through it.
-        await asyncio.to_thread(engine.stop, True)
+        # While the event loop still runs: the engines tell each handle it is done through it.
+        await pool.close()
 
 
-async def _cancel_after_grace(server: Server, service: Service) -> None:
+async def _cancel_after_grace(server: Server, pool: Pool) -> None:
     """Once asked to stop: let answers in flight finish for a while, then end them.
 
     Ended this way, a stream gets an error event and its connection closes
@@ -171,7 +225,8 @@ async def _cancel_after_grace(server: Server, service: Service) -> None:
     """
     while not server.should_exit:
         await asyncio.sleep(0.1)
+    pool.shutting_down = True  # new requests get 503 while the answers finish
     deadline = time.monotonic() + GRACE_SECONDS
-    while service.live and time.monotonic() < deadline and not server.force_exit:
+    while pool.live and time.monotonic() < deadline and not server.force_exit:
         await asyncio.sleep(0.1)
-    service.cancel_all()
+    pool.cancel_all()

@@ -9,6 +9,7 @@ shutdown cancels once its grace period is over. Its refusals are ApiErrors
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +38,35 @@ class Service:
     model_name: str
     sampling: Sampling = field(default_factory=Sampling)
     system: str | None = None
-    embedder: Embedder | None = None
+    embedder_made: Embedder | None = None  # the embedding context, made on first use
     chat_template: Path | None = None  # --chat-template FILE, over the model's own
     reasoning: str = "auto"  # --reasoning: auto, on, off
     created: int = field(default_factory=lambda: int(time.time()))
     shutting_down: bool = False
     live: set[Handle] = field(default_factory=set)  # submitted and not yet answered
+    embed_threads: int = 0
     _template: ChatTemplate | None = None
+    _embed_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def embedder(self) -> Embedder:
+        """The embedding context on the model's weights, made the first time it is asked for."""
+        with self._embed_lock:
+            if self.embedder_made is None:
+                from llmrun.engine.embed import Embedder
+
+                self.embedder_made = Embedder(self.engine.model, threads=self.embed_threads)
+            return self.embedder_made
+
+    def close(self) -> None:
+        """Unload: the embedding context (after the request using it), then the engine.
+
+        After a lost RPC worker llama.cpp would wait for ever, so then nothing is freed.
+        """
+        if self.engine.failure:
+            return
+        if self.embedder_made is not None:
+            self.embedder_made.close()
+        self.engine.stop(cancel=True)
 
     def template(self) -> ChatTemplate:
         """The model's chat template; BadInput if it has none (asked again next time)."""

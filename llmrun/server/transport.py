@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from llmrun.server.openai_errors import ApiError
 
@@ -47,6 +49,27 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(
         413, f"the request body is larger than {limit >> 20} MiB", code="request_too_large"
     )
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed body whose `on_close` runs however the response ends (a client that
+    leaves makes Starlette cancel it, perhaps before the first chunk)."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[str],
+        on_close: Callable[[], None],
+        media_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(chunks, media_type=media_type, headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str]]:

@@ -1,0 +1,75 @@
+"""A checked request made ready for the engine: the prompt tokens, grammar and answer reader.
+
+Both APIs build their jobs here, so a chat is the same prompt whichever API
+asks: the model's template (or --chat-template) with tools and reasoning
+(templates/plan.py), tokenized with special tokens; completions are the prompt
+as given, text or token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from llmrun.engine.batch import Extras
+from llmrun.errors import BadInput
+from llmrun.server.openai_errors import ApiError
+from llmrun.templates.plan import Tools, plan_chat
+from llmrun.templates.stream import AnswerReader
+
+if TYPE_CHECKING:
+    from llmrun.engine.sampling import Grammar
+    from llmrun.server.schemas import Generate
+    from llmrun.server.service import Service
+
+
+@dataclass
+class Job:
+    """What to evaluate and how to read the answers."""
+
+    prompts: list[list[int]]
+    grammar: Grammar | str | None
+    extras: Extras
+    reader: AnswerReader = field(default_factory=AnswerReader)
+    prompt_texts: list[str] = field(default_factory=list)  # completions: for echo, offsets
+
+
+def chat_job(service: Service, req: Generate, raw_remedy: str, param: str = "messages") -> Job:
+    """A chat request's prompt through the template; ApiError 400 when it cannot be built.
+
+    `raw_remedy` says how this API sends a prompt without the template.
+    """
+    try:
+        template = service.template()
+    except BadInput as e:  # its remedy (--raw) is the command line's
+        raise ApiError(400, f"{e.message}; {raw_remedy}", param=param, code="no_template") from None
+    reasoning = service.reasoning
+    if req.reasoning is not None:
+        reasoning = "on" if req.reasoning else "off"
+    try:
+        plan = plan_chat(
+            template,
+            req.messages,
+            tools=Tools(req.tools, req.tool_choice, req.parallel_tool_calls),
+            reasoning=reasoning,
+            template_kwargs=req.template_kwargs,
+            system=service.system,
+        )
+    except BadInput as e:  # the template refused this conversation
+        raise ApiError(400, e.message, param=param, code="template_error") from None
+    reader = plan.reader
+    if req.reasoning is False:
+        reader = replace(reader, thinking=False)  # thinking stays in the content
+    tokens = service.engine.model.tokenize(plan.prompt, add_special=True, parse_special=True)
+    extras = Extras(logprobs=req.logprobs, special=reader.active)
+    return Job([tokens], plan.grammar or req.grammar, extras, reader)
+
+
+def completion_job(service: Service, req: Generate) -> Job:
+    """Prompts as given: text tokenized as it is, or token ids."""
+    model = service.engine.model
+    prompts = [service.tokens(prompt, "prompt") for prompt in req.prompts]
+    texts = [p if isinstance(p, str) else model.detokenize(p) for p in req.prompts]
+    want_prompt = req.echo and req.logprobs is not None
+    extras = Extras(logprobs=req.logprobs, echo=want_prompt, generate=not req.prompt_only)
+    return Job(prompts, req.grammar, extras, prompt_texts=texts)
