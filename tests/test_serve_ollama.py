@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import add_stored
-from tests.test_serve import Server, start_server, stop_server
+from tests.hubserver import HubServer
+from tests.test_serve import KEY, Server, start_server, stop_server
 
 ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
@@ -208,6 +210,53 @@ def test_embed_and_the_older_embeddings(client) -> None:
     assert np.allclose(one.embedding, vectors[0], atol=1e-5)
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def asked_for_weather(city: str) -> list[dict]:
+    """Two earlier turns where the assistant called the tool (arguments as an object, as
+    Ollama's clients send them) and got results back; the tiny model follows the pattern."""
+    turns: list[dict] = []
+    for before, result in (("Rome", "sunny"), ("Oslo", "cold")):
+        turns += [
+            {"role": "user", "content": f"Weather in {before}?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": {"city": before}}}
+                ],
+            },
+            {"role": "tool", "content": result, "tool_name": "get_weather"},
+            {"role": "assistant", "content": result.capitalize() + "."},
+        ]
+    return [*turns, {"role": "user", "content": f"Weather in {city}?"}]
+
+
+def test_tool_calls_come_with_their_arguments_as_an_object(client) -> None:
+    ask = {"model": SMOL, "messages": asked_for_weather("Paris"), "tools": [WEATHER]}
+    reply = client.chat(**ask, options={"temperature": 0, "num_predict": 60})
+    (call,) = reply.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert call.function.arguments == {"city": "Paris"}
+    assert reply.done_reason == "stop"
+    parts = list(client.chat(**ask, options={"temperature": 0, "num_predict": 60}, stream=True))
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [c.function.arguments for c in calls] == [{"city": "Paris"}]
+    assert "tool_call" not in "".join(p.message.content for p in parts)
+
+
 def test_two_models_answer_at_once_and_the_openai_api_names_them_too(
     server: Server, client
 ) -> None:
@@ -332,5 +381,95 @@ def test_a_model_that_can_never_fit_is_refused_saying_how_much(
             oai.completions.create(model=SMOL, prompt="hi", max_tokens=2)
         assert bad.value.body["code"] == "model_too_large"
         assert srv.health()["status"] == "ok"
+    finally:
+        assert stop_server(srv) == 0, srv.stderr.read_text()
+
+
+# ---------------------------------------------------------------- pull, copy, delete
+
+
+GGUF_REPO = "hubtest/SmolLM2-135M-Instruct-GGUF"
+
+
+@pytest.fixture(scope="module")
+def hub_server(smollm2: Path) -> Iterator[HubServer]:
+    """The local Hub stand-in, with one GGUF repo."""
+    server = HubServer()
+    server.add_repo(GGUF_REPO, {"SmolLM2-135M-Instruct-Q8_0.gguf": smollm2})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_pull_copy_delete_through_the_ollama_client(
+    hub_server: HubServer, smollm2: Path, gemma3: Path, tmp_path: Path
+) -> None:
+    home = stored_home(tmp_path / "home", smollm2, gemma3)
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_server.url}
+    srv = start_server(None, home, "--keep-alive", "1s", key=None, env=env)
+    try:
+        client = ollama.Client(host=srv.url, timeout=120)
+        events = list(client.pull(f"{GGUF_REPO}:Q8_0", stream=True))
+        statuses = [e.status for e in events]
+        assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+        progress = [e for e in events if e.digest]
+        assert progress and progress[-1].completed == progress[-1].total == smollm2.stat().st_size
+        pulled = "smollm2-135m-instruct:Q8_0"
+        assert pulled in {m.model for m in client.list().models}
+        assert client.generate(model=pulled, prompt=COUNT, raw=True, options=GREEDY).response
+
+        client.copy(pulled, "mine")
+        names = {m.model for m in client.list().models}
+        assert {"mine:Q8_0", pulled} <= names
+        assert client.show("mine:Q8_0").details.family == "llama"
+        client.delete("mine:Q8_0")
+        assert "mine:Q8_0" not in {m.model for m in client.list().models}
+        client.delete(pulled)  # loaded a moment ago: unloaded, then deleted
+        assert pulled not in {m.model for m in client.list().models} | loaded(client)
+        with pytest.raises(ollama.ResponseError) as e:
+            client.delete(pulled)
+        assert e.value.status_code == 404
+        with pytest.raises(ollama.ResponseError) as e:
+            client.pull("hubtest/No-Such-Repo-GGUF")
+        assert e.value.status_code == 404
+        status, body = raw(srv, "POST", "/api/pull", {"model": "hubtest/No-Such-Repo-GGUF"})
+        lines = [json.loads(x) for x in body.splitlines()]  # streamed: the error is a line
+        assert status == 200 and "error" in lines[-1]
+
+        # --keep-alive 1s: an idle model goes by itself.
+        client.generate(model=SMOL, prompt="")
+        deadline = time.monotonic() + 30
+        while loaded(client) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not loaded(client)
+    finally:
+        assert stop_server(srv) == 0, srv.stderr.read_text()
+
+
+def test_think_splits_the_thinking_off_and_false_asks_for_none(
+    smollm2: Path, llama_templates: Path, tmp_path: Path
+) -> None:
+    # QwQ's template (ChatML, as SmolLM2 speaks) opens <think> itself when asked to think.
+    template = llama_templates / "Qwen-QwQ-32B.jinja"
+    srv = start_server(smollm2, tmp_path / "home", "--chat-template", str(template), "--only")
+    try:
+        status, body = raw(srv, "GET", "/api/tags")  # the key holds for Ollama's routes too
+        assert status == 401 and set(json.loads(body)) == {"error"}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        client = ollama.Client(host=srv.url, timeout=120, headers=headers)
+        assert [m.model for m in client.list().models] == [smollm2.stem]  # --only: MODEL
+        ask = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"temperature": 0, "num_predict": 24},
+        }
+        thought = client.chat(**ask, think=True).message
+        assert thought.thinking and "<think>" not in thought.thinking + thought.content
+        parts = list(client.chat(**ask, think=True, stream=True))
+        assert "".join(p.message.thinking or "" for p in parts) == thought.thinking
+        plain = client.chat(**ask, think=False).message
+        assert not plain.thinking and plain.content
+        made = client.generate(model="smollm2", prompt="Hi", think=True, options=ask["options"])
+        assert made.thinking == thought.thinking
     finally:
         assert stop_server(srv) == 0, srv.stderr.read_text()

@@ -192,6 +192,7 @@ def _think(gen: schemas.Generate, value: Any) -> None:
         return
     if isinstance(value, bool):
         gen.reasoning = value
+        gen.template_kwargs.setdefault("enable_thinking", value)  # Qwen 3's and QwQ's switch
     elif value in ("low", "medium", "high"):
         gen.reasoning = True
         gen.template_kwargs.setdefault("reasoning_effort", value)
