@@ -72,6 +72,41 @@ MaxMemoryOpt = Annotated[
         show_default=False,
     ),
 ]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds a request may take in all; past it the answer ends as if cut by "
+        "max_tokens, marked timed_out. A request's own timeout may be shorter.",
+    ),
+]
+MaxQueueOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-queue",
+        help="Requests that may wait for a sequence, per model; more get 503 with Retry-After.",
+    ),
+]
+SendTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--send-timeout",
+        help="Seconds a streaming client may stop reading before its answer is cancelled.",
+    ),
+]
+MetricsOpt = Annotated[
+    bool,
+    typer.Option("--metrics", help="Serve Prometheus metrics on /metrics (the API key applies)."),
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format", help="The access log on stderr, a line per request: text, json or off."
+    ),
+]
+LogPromptsOpt = Annotated[
+    bool, typer.Option("--log-prompts", help="Put each prompt's text in the access log too.")
+]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -100,6 +135,12 @@ def serve_command(
     max_models: MaxModelsOpt = 3,
     keep_alive: KeepAliveOpt = "5m",
     max_memory: MaxMemoryOpt = None,
+    timeout: TimeoutOpt = 600.0,
+    max_queue: MaxQueueOpt = 512,
+    send_timeout: SendTimeoutOpt = 30.0,
+    metrics: MetricsOpt = False,
+    log_format: LogFormatOpt = "text",
+    log_prompts: LogPromptsOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
 ) -> None:
@@ -131,6 +172,12 @@ def serve_command(
         max_models=max_models,
         keep_alive=keep_alive,
         max_memory=max_memory,
+        timeout=timeout,
+        max_queue=max_queue,
+        send_timeout=send_timeout,
+        metrics=metrics,
+        log_format=log_format,
+        log_prompts=log_prompts,
         announce=lambda line: err.print(line, markup=False, highlight=False),
         **options.library(),
         pull=not no_pull,

@@ -106,6 +106,7 @@ class Handle:
         self.submitted_at = time.perf_counter()
         self.prompt_done_at: float | None = None
         self.finished_at: float | None = None
+        self.deadline: float | None = None  # perf_counter time by which it ends, "timeout"
         self.finish_reason: str | None = None
         self.error: str | None = None
         self._sampler = sampler
@@ -233,9 +234,11 @@ class BatchEngine:
         grammar: str | Grammar | None = None,
         extras: Extras | None = None,
         n: int = 1,
+        deadline: float | None = None,
     ) -> Handle:
         """Queue a request; with n > 1 it is the first of n answers to the same prompt, the
-        others in `handle.followers`: the prompt is evaluated once and its cells copied."""
+        others in `handle.followers`: the prompt is evaluated once and its cells copied.
+        Past `deadline` (a perf_counter time) it ends, waiting or not, as "timeout"."""
         if not 1 <= n <= self.parallel:
             raise ContextOverflow(
                 f"n={n} answers at once, but there are {self.parallel} sequences",
@@ -259,6 +262,8 @@ class BatchEngine:
             follower = Handle(tokens, own, sampler, extras)
             follower.follows = handle
             handle.followers.append(follower)
+        for h in [handle, *handle.followers]:
+            h.deadline = deadline
         with self._lock:  # fail() empties the queue under it: nothing may join after
             if self.failure:
                 for h in [handle, *handle.followers]:
@@ -290,6 +295,8 @@ class BatchEngine:
                 "active": sum(1 for s in self._slots if s.handle),
                 "waiting": len(self._waiting),
                 "parallel": self.parallel,
+                "kv_used": sum(len(s.cached) for s in self._slots),
+                "kv_total": self.slot_ctx * self.parallel,
                 "steps": self.steps,
                 "generated_tokens": self.generated,
             }
@@ -321,10 +328,11 @@ class BatchEngine:
                 if free is None:
                     return
                 handle = self._waiting.popleft()
-                if handle._cancelled.is_set():
+                late = handle.deadline is not None and time.perf_counter() >= handle.deadline
+                if handle._cancelled.is_set() or late:
                     self._waiting.extendleft(reversed(handle.followers))
                     handle.followers = []
-                    handle.finish_reason = "cancelled"
+                    handle.finish_reason = "timeout" if late else "cancelled"
                     handle.finished_at = time.perf_counter()
                     handle._sampler.free()
                     handle._push(_DONE)
@@ -360,10 +368,13 @@ class BatchEngine:
 
     def _step(self, active: list[_Slot]) -> None:
         batch, n = self._batch, 0
+        now = time.perf_counter()
         for slot in active:
             slot.logits_at = -1
             if slot.handle and slot.handle._cancelled.is_set():
                 self._finish(slot, "cancelled")
+            elif slot.handle and slot.handle.deadline is not None and now >= slot.handle.deadline:
+                self._finish(slot, "timeout")
         active = [s for s in active if s.handle]
         # Generating sequences first: one token each.
         for slot in active:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from llmrun.engine.model import Model
 
 
-CUT = ("length", "context")  # the engine's reasons for stopping at a limit
+CUT = ("length", "context", "timeout")  # the engine's reasons for stopping at a limit
 
 
 class Tokens:

@@ -13,21 +13,24 @@ from __future__ import annotations
 import hmac
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrun.errors import LlmrunError
 from llmrun.server import ollama
+from llmrun.server.observe import AccessLog, Metrics, Observe
 from llmrun.server.ollama import Ollama
 from llmrun.server.ollama_models import OllamaModels
 from llmrun.server.openai import OpenAI
 from llmrun.server.openai_errors import ApiError, from_llmrun
 from llmrun.server.pool import Pool
 
+HEALTH = "/health"
 # Path prefix -> the error body of that API; OpenAI's for the rest.
 ERROR_SHAPES = {"/api/": ollama.error_body}
 
@@ -77,7 +80,10 @@ class BearerAuth:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(scope):
+        if scope["type"] == "http" and scope.get("path") == HEALTH:
+            # Load balancers ask without the key: they get the status only.
+            scope["llmrun.authorized"] = self._allowed(scope)
+        elif scope["type"] == "http" and not self._allowed(scope):
             err = ApiError(
                 401,
                 "missing or wrong API key: send Authorization: Bearer KEY",
@@ -95,14 +101,18 @@ class BearerAuth:
 
 
 def health_route(pool: Pool) -> Route:
-    """/health: 200 with the loaded models' counters, or 503 once the engine has failed."""
+    """/health: 200 with the loaded models' counters, or 503 once the engine has failed;
+    without the API key (where there is one), the status alone."""
 
-    async def health(_: Request) -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         services = pool.services()
         failure = pool.failure or next(
             (s.engine.failure for s in services if s.engine.failure), None
         )
         default = pool.default.resolved.name if pool.default else None
+        if not request.scope.get("llmrun.authorized", True):
+            status = "error" if failure else "ok"
+            return JSONResponse({"status": status}, status_code=503 if failure else 200)
         if failure:
             return JSONResponse(
                 {"status": "error", "error": failure, "model": default}, status_code=503
@@ -122,18 +132,44 @@ def health_route(pool: Pool) -> Route:
             }
         )
 
-    return Route("/health", health)
+    return Route(HEALTH, health)
 
 
-def create_app(pool: Pool, api_key: str | None = None) -> Starlette:
-    """The ASGI app serving the pool's models; with `api_key`, every request needs it."""
+def metrics_route(metrics: Metrics) -> Route:
+    async def scrape(_: Request) -> Response:
+        body, kind = await run_in_threadpool(metrics.render)
+        return Response(body, media_type=kind)
+
+    return Route("/metrics", scrape)
+
+
+def create_app(
+    pool: Pool,
+    api_key: str | None = None,
+    *,
+    metrics: bool = False,
+    log_format: str = "off",
+    log_prompts: bool = False,
+) -> Starlette:
+    """The ASGI app serving the pool's models; with `api_key`, every request but /health
+    needs it. `metrics` adds /metrics; `log_format` is the access log's (observe.py)."""
     routes = [
         health_route(pool),
         *OpenAI(pool).routes(),
         *Ollama(pool).routes(),
         *OllamaModels(pool).routes(),
     ]
-    middleware = [Middleware(BearerAuth, key=api_key)] if api_key else []
+    counters = Metrics(pool) if metrics else None
+    if counters is not None:
+        routes.append(metrics_route(counters))
+        pool.on_load.append(counters.loaded)
+        pool.on_unload.append(counters.unloaded)
+    # Outermost first: every request is logged, a refused one too.
+    middleware = [
+        Middleware(Observe, log=AccessLog(log_format), metrics=counters, log_prompts=log_prompts)
+    ]
+    if api_key:
+        middleware.append(Middleware(BearerAuth, key=api_key))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
     app.state.pool = pool
     return app

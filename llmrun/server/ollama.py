@@ -31,7 +31,7 @@ from starlette.routing import Route
 from llmrun.engine.batch import Extras
 from llmrun.errors import BadOption
 from llmrun.options import check_param
-from llmrun.server import embeddings, schemas
+from llmrun.server import embeddings, observe, schemas
 from llmrun.server.answers import Choice, Tokens
 from llmrun.server.jobs import Job, chat_job
 from llmrun.server.pool import UNSET, Lease, Pool, Unset, parse_keep_alive
@@ -53,6 +53,7 @@ DONE_REASONS = {
     "context": "length",
     "cancelled": "stop",
     "error": "stop",
+    "timeout": "length",  # with "timed_out": true beside it
 }
 # options.X -> llmrun's Sampling name.
 OPTION_FIELDS = {
@@ -207,6 +208,8 @@ def _common(body: dict[str, Any]) -> Ask:
     _options(body.get("options"), ask)
     ask.gen.grammar = _format(body.get("format"))
     _think(ask.gen, body.get("think"))
+    if body.get("timeout") is not None:  # llmrun's own: seconds in all (capped by --timeout)
+        ask.gen.timeout = schemas.seconds("timeout", body["timeout"])
     if body.get("logprobs"):
         ask.gen.logprobs = schemas.int_field("top_logprobs", body.get("top_logprobs") or 0, 0, 20)
     return ask
@@ -342,12 +345,17 @@ class Ollama:
         return JSONResponse({**head, **body, "done": True, "done_reason": "load"})
 
     async def _answer(self, request: Request, ask: Ask, started: float, chat: bool) -> Response:
+        deadline = self.pool.settings.deadline(started, ask.gen.timeout)
         lease = await ask.lease(self.pool)
         service = lease.service
+        observe.note(request, service)
 
         def submit() -> tuple[Job, Handle]:
             job = chat_job(service, ask.gen, RAW_REMEDY) if chat else generate_job(service, ask)
-            handles = service.submit(job.prompts, ask.gen.sampling, job.grammar, job.extras)
+            gen = ask.gen
+            handles = service.submit(
+                job.prompts, gen.sampling, job.grammar, job.extras, deadline=deadline
+            )
             return job, handles[0]
 
         try:
@@ -356,9 +364,11 @@ class Ollama:
             lease.release()
             raise
         service.track([handle])
+        observe.note(request, service, [handle])
         answer = Answer(self.pool, lease, ask, job, handle, started, chat)
         if ask.stream:
-            return ClosingStream(answer.lines(), on_close=answer.close, media_type=NDJSON)
+            stall = self.pool.settings.send_timeout
+            return ClosingStream(answer.lines(), answer.close, NDJSON, stall_seconds=stall)
         try:
             return await answer.whole(request)
         finally:
@@ -380,6 +390,7 @@ class Ollama:
         if dimensions is not None:
             dimensions = schemas.int_field("dimensions", dimensions, 1)
         lease = await ask.lease(self.pool)
+        observe.note(request, lease.service)
         try:
             vectors, used = ([], 0)
             if inputs:
@@ -407,6 +418,7 @@ class Ollama:
         if not isinstance(prompt, str):
             raise bad("prompt must be a string", "prompt")
         lease = await ask.lease(self.pool)
+        observe.note(request, lease.service)
         try:
             vector: list[float] = []
             if prompt:
@@ -494,6 +506,8 @@ class Answer:
             "eval_count": h.completion_tokens,
             "eval_duration": ns(end - prompt_end),
         }
+        if h.finish_reason == "timeout":
+            out["timed_out"] = True
         if not self.chat:
             out["context"] = [*h.tokens, *h.generated]
         return out

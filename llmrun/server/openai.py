@@ -9,6 +9,7 @@ away mid-answer has its sequence cancelled at once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llmrun.server import embeddings, responses, schemas
+from llmrun.server import embeddings, observe, responses, schemas
 from llmrun.server.answers import Choice, Tokens, delta_fields, finish_reason, message
 from llmrun.server.jobs import Job, chat_job, completion_job
 from llmrun.server.openai_errors import ApiError
@@ -69,6 +70,7 @@ class OpenAI:
     async def embeddings(self, request: Request) -> JSONResponse:
         req = schemas.parse_embeddings(await read_json(request))
         lease = await self.pool.lease(req.model)
+        observe.note(request, lease.service)
         try:
             vectors, used = await embeddings.embed(lease.service, req.inputs)
         finally:
@@ -87,12 +89,17 @@ class OpenAI:
         return await self._answer(request, req, chat=False)
 
     async def _answer(self, request: Request, req: schemas.Generate, chat: bool) -> Response:
+        deadline = self.pool.settings.deadline(time.perf_counter(), req.timeout)
         lease = await self.pool.lease(req.model)
         service = lease.service
+        observe.note(request, service)
 
         def submit() -> tuple[Job, list[Handle]]:
             job = chat_job(service, req, RAW_REMEDY) if chat else completion_job(service, req)
-            return job, service.submit(job.prompts, req.sampling, job.grammar, job.extras, req.n)
+            handles = service.submit(
+                job.prompts, req.sampling, job.grammar, job.extras, req.n, deadline
+            )
+            return job, handles
 
         try:
             # Templates, tokenizing and grammars take a while: not on the event loop.
@@ -101,6 +108,7 @@ class OpenAI:
             lease.release()
             raise
         service.track(handles)
+        observe.note(request, service, handles)
         if req.stream:
             return self._stream(lease, req, job, handles, chat)
         try:
@@ -254,7 +262,7 @@ class OpenAI:
             service.release(handles)
             lease.release()
 
-        return EventStream(events(), on_close=close)
+        return EventStream(events(), close, self.pool.settings.send_timeout)
 
 
 def _created(prepared: Prepared) -> int:

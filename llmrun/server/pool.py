@@ -99,6 +99,13 @@ class Settings:
     embeddings: bool = False  # make each model's embedding context when it loads
     chat_template: Path | None = None
     reasoning: str = "auto"
+    timeout: float = 600.0  # seconds a request may take in all (--timeout)
+    max_queue: int = 512  # per model, requests waiting for a sequence (--max-queue)
+    send_timeout: float = 30.0  # seconds a stream's client may stall (--send-timeout)
+
+    def deadline(self, started: float, asked: float | None) -> float:
+        """When a request that arrived at `started` (perf_counter) must end."""
+        return started + min(asked or self.timeout, self.timeout)
 
 
 @dataclass
@@ -179,14 +186,15 @@ class Pool:
         settings: Settings,
         default: str | None = None,
         only: bool = False,
-        on_load: Callable[[Entry], None] | None = None,
     ) -> None:
         self.settings = settings
         self.only = only
         self.default_spec = default
         self.default: Prepared | None = None  # serve MODEL: what unnamed requests get
         self.entries: dict[Path, Entry] = {}
-        self.on_load = on_load
+        # Told of each load (name, seconds) and unload (name): the metrics.
+        self.on_load: list[Callable[[str, float], None]] = []
+        self.on_unload: list[Callable[[str], None]] = []
         self.shutting_down = False
         self.failure: str | None = None  # a lost RPC worker: no model can run
         self._known: dict[str, Prepared] = {}
@@ -424,8 +432,8 @@ class Pool:
         entry.loaded_at = time.time()
         entry.last_used = time.monotonic()
         entry.ready.set_result(None)
-        if self.on_load is not None:
-            self.on_load(entry)
+        for tell in self.on_load:
+            tell(service.model_name, entry.load_seconds)
         async with self._cond:
             self._cond.notify_all()
 
@@ -440,6 +448,7 @@ class Pool:
             chat_template=s.chat_template,
             reasoning=s.reasoning,
             embed_threads=prepared.load.threads,
+            max_queue=s.max_queue,
         )
         if s.embeddings:
             service.embedder()
@@ -451,6 +460,8 @@ class Pool:
         self.entries.pop(entry.key, None)
         if entry.service is not None:
             await asyncio.to_thread(entry.service.close)
+            for tell in self.on_unload:
+                tell(entry.service.model_name)
         self._cond.notify_all()
 
     async def unload_now(self, prepared: Prepared) -> bool:

@@ -29,6 +29,7 @@ FINISH_REASONS = {
     "context": "length",
     "cancelled": "stop",
     "error": "stop",
+    "timeout": "length",  # with "timed_out": true in the choice
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = "data: [DONE]\n\n"
@@ -39,8 +40,12 @@ PIECE_JSON = json.dumps(PIECE)
 class EventStream(ClosingStream):
     """Server-sent events, closed as ClosingStream's are."""
 
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(events, on_close, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(
+        self, events: AsyncIterator[str], on_close: Callable[[], None], stall_seconds: float
+    ) -> None:
+        super().__init__(
+            events, on_close, "text/event-stream", headers=SSE_HEADERS, stall_seconds=stall_seconds
+        )
 
 
 def sse(data: Any) -> str:
@@ -103,7 +108,16 @@ def completion(
 ) -> dict[str, Any]:
     """The whole answers: one choice (see choice()) per handle."""
     kind = "chat.completion" if chat else "text_completion"
+    marked(handles, choices)
     return {**head(kind, chat, model_name), "choices": choices, "usage": usage(handles)}
+
+
+def marked(handles: list[Handle], choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A choice cut by the request's deadline says so beside its finish_reason "length"."""
+    for h, choice in zip(handles, choices, strict=True):
+        if h.finish_reason == "timeout":
+            choice["timed_out"] = True
+    return choices
 
 
 class Chunks:
@@ -140,7 +154,8 @@ class Chunks:
 
     def finish(self, handles: list[Handle], reasons: list[str] | None = None) -> str:
         finish = reasons or [finish_reason(h) for h in handles]
-        return self.chunk([delta(i, None, f, self.chat) for i, f in enumerate(finish)])
+        choices = [delta(i, None, f, self.chat) for i, f in enumerate(finish)]
+        return self.chunk(marked(handles, choices))
 
     def usage(self, handles: list[Handle]) -> str:
         return self.chunk([], usage=usage(handles))

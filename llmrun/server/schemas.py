@@ -43,7 +43,7 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "dimensions": (),
 }
 CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format", "n", "logprobs"})
-CONTROL_FIELDS |= {"grammar", "model"}  # grammar: llama-server's, a GBNF grammar as text
+CONTROL_FIELDS |= {"grammar", "model", "timeout"}  # grammar: llama-server's, a GBNF grammar as text
 CHAT_ONLY = frozenset({"messages", "max_completion_tokens", "tools", "tool_choice", "functions"})
 CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs", "chat_template_kwargs"}
 CHAT_ONLY |= {"reasoning_effort", "reasoning_format"}
@@ -85,6 +85,7 @@ class Generate:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     reasoning: bool | None = None  # None: the server's --reasoning default
     model: str | None = None  # which model answers; None: the server's default
+    timeout: float | None = None  # seconds this request may take in all (capped by --timeout)
 
 
 @dataclass
@@ -207,6 +208,13 @@ def _generate(
     return req
 
 
+def seconds(name: str, value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if not ok:
+        raise bad(f"{name} must be a number of seconds > 0, got {json.dumps(value)}", name)
+    return float(value)
+
+
 def model_name(value: Any, param: str = "model") -> str:
     if not isinstance(value, str):
         raise bad(f"{param} must be a string, got {json.dumps(value)}", param)
@@ -273,6 +281,7 @@ COMMON_SETTERS: dict[str, Setter] = {
     "n": lambda r, v: setattr(r, "n", int_field("n", v, 1)),
     "grammar": lambda r, v: setattr(r, "grammar", _gbnf(v)),
     "model": lambda r, v: setattr(r, "model", model_name(v)),
+    "timeout": lambda r, v: setattr(r, "timeout", seconds("timeout", v)),
 }
 CHAT_SETTERS: dict[str, Setter] = {
     **COMMON_SETTERS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import socket
 import threading
@@ -22,13 +23,16 @@ import uvicorn
 from llmrun.engine import rpc
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.generation import Prepared, prepare
+from llmrun.server import INSTALL_HINT
 from llmrun.server.app import create_app
+from llmrun.server.observe import LOG_FORMATS
 from llmrun.server.openai_errors import ApiError
 from llmrun.server.pool import Pool, Settings, listed, parse_keep_alive, parse_size
 from llmrun.templates.plan import REASONING_MODES
 from llmrun.templates.render import Template, read_template_file
 
 GRACE_SECONDS = 10
+SEND_BUFFER = 128 << 10  # bytes of kernel send buffer per connection
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -63,6 +67,10 @@ def listen(host: str, port: int) -> socket.socket:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Connections inherit it: a bounded kernel buffer per client (not autotuned up to
+        # megabytes), so a client that stops reading stalls our sends within a few hundred
+        # KiB, and --send-timeout then ends its answer.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.bind(addr)
         sock.listen(2048)
     except OSError as e:
@@ -87,6 +95,12 @@ def serve(
     max_models: int = 3,
     keep_alive: str = "5m",
     max_memory: str | None = None,
+    timeout: float = 600.0,
+    max_queue: int = 512,
+    send_timeout: float = 30.0,
+    metrics: bool = False,
+    log_format: str = "text",
+    log_prompts: bool = False,
     verbose: bool = False,
     pull: bool = True,
     progress: Any = None,
@@ -113,6 +127,14 @@ def serve(
         raise BadOption(
             f"--reasoning must be one of {', '.join(REASONING_MODES)}, got {reasoning!r}"
         )
+    if timeout <= 0 or send_timeout <= 0:
+        raise BadOption(f"--timeout and --send-timeout must be > 0 seconds, got {timeout}")
+    if max_queue < 0:
+        raise BadOption(f"--max-queue must be >= 0, got {max_queue}")
+    if log_format not in LOG_FORMATS:
+        raise BadOption(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    if metrics and importlib.util.find_spec("prometheus_client") is None:
+        raise BadInput("--metrics needs prometheus-client", f"install it: {INSTALL_HINT}")
     if only and model is None:
         raise BadOption("--only needs a MODEL to serve")
     if chat_template is not None:
@@ -127,6 +149,9 @@ def serve(
         embeddings=embeddings,
         chat_template=chat_template,
         reasoning=reasoning,
+        timeout=timeout,
+        max_queue=max_queue,
+        send_timeout=send_timeout,
     )
     # Every flag is checked (and MODEL found, pulled if need be) before anything listens.
     default: Prepared | None = None
@@ -148,6 +173,11 @@ def serve(
                 default,
                 only=only,
                 api_key=api_key,
+                app_options={
+                    "metrics": metrics,
+                    "log_format": log_format,
+                    "log_prompts": log_prompts,
+                },
                 verbose=verbose,
                 announce=announce,
                 url=f"http://{shown}:{bound_port}",
@@ -162,6 +192,7 @@ async def _serve(
     *,
     only: bool,
     api_key: str | None,
+    app_options: dict[str, Any],
     verbose: bool,
     announce: Callable[[str], None],
     url: str,
@@ -176,6 +207,7 @@ async def _serve(
             )
         )
     pool.start()
+    app = create_app(pool, api_key, **app_options)  # first: its metrics see MODEL's load
     try:
         if default is not None:
             pool.default = listed(default)
@@ -197,9 +229,9 @@ async def _serve(
                 f"(up to {settings.max_models} at once); Ctrl-C to stop"
             )
         config = uvicorn.Config(
-            create_app(pool, api_key),
+            app,
             log_level="info" if verbose else "warning",
-            access_log=verbose,
+            access_log=False,  # ours (observe.py) says more
             lifespan="off",
             ws="none",
             loop="asyncio",

@@ -45,6 +45,7 @@ class Service:
     shutting_down: bool = False
     live: set[Handle] = field(default_factory=set)  # submitted and not yet answered
     embed_threads: int = 0
+    max_queue: int = 512  # requests waiting for a sequence, past which a 503
     _template: ChatTemplate | None = None
     _embed_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,11 +96,21 @@ class Service:
         grammar: str | Grammar | None,
         extras: Extras | None = None,
         n: int = 1,
+        deadline: float | None = None,
     ) -> list[Handle]:
         """`n` handles per prompt, in order, sampled with the defaults under `overrides`;
-        all or none."""
+        all or none. Past `deadline` (perf_counter) they end as "timeout"."""
         self.check_engine()
         sampling = self.sampling.merged(overrides)
+        waiting = self.engine.stats()["waiting"]
+        if waiting + len(prompts) * n > self.max_queue:
+            raise ApiError(
+                503,
+                f"the server is busy: {waiting} requests are waiting for {self.model_name} "
+                f"(--max-queue {self.max_queue}); try again shortly",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
         if n > self.engine.parallel:
             raise ApiError(
                 400,
@@ -110,7 +121,7 @@ class Service:
         handles: list[Handle] = []
         try:
             for tokens in prompts:
-                handle = self.engine.submit(tokens, sampling, grammar, extras, n)
+                handle = self.engine.submit(tokens, sampling, grammar, extras, n, deadline)
                 handles += [handle, *handle.followers]
         except EngineStopped:  # the engine is draining: we are shutting down
             raise shutting_down() from None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llmrun.server.openai_errors import ApiError
 
@@ -53,7 +53,12 @@ def _too_large(limit: int) -> ApiError:
 
 class ClosingStream(StreamingResponse):
     """A streamed body whose `on_close` runs however the response ends (a client that
-    leaves makes Starlette cancel it, perhaps before the first chunk)."""
+    leaves makes Starlette cancel it, perhaps before the first chunk).
+
+    A client that stops reading fills the socket's buffers, and then a send waits; one
+    that waits longer than `stall_seconds` ends the response (and so its answer), so a
+    stalled reader never holds a sequence for ever.
+    """
 
     def __init__(
         self,
@@ -61,15 +66,29 @@ class ClosingStream(StreamingResponse):
         on_close: Callable[[], None],
         media_type: str,
         headers: dict[str, str] | None = None,
+        stall_seconds: float = 30.0,
     ) -> None:
         super().__init__(chunks, media_type=media_type, headers=headers)
         self.on_close = on_close
+        self.stall_seconds = stall_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.stall_seconds)
+            except TimeoutError:
+                raise _Stalled from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except _Stalled:
+            pass  # the client is gone for all we can tell; the connection closes
         finally:
             self.on_close()
+
+
+class _Stalled(Exception):
+    """A send to the client waited past ClosingStream.stall_seconds."""
 
 
 async def merged(handles: list[Handle]) -> AsyncIterator[tuple[int, str]]:
