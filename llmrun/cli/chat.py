@@ -11,9 +11,6 @@ from typing import Annotated
 
 import typer
 
-from llmrun import generation
-from llmrun.chat import ChatSession
-from llmrun.chat.repl import Repl, Terminal, answer_all
 from llmrun.cli.common import app, err, note_cpu_only, print_error
 from llmrun.cli.flags import (
     ChatTemplateOpt,
@@ -26,9 +23,7 @@ from llmrun.cli.flags import (
     generation_options,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
-from llmrun.engine import load_model
 from llmrun.errors import BadInput
-from llmrun.templates.render import ChatTemplate, read_template_file
 
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Render each finished reply as Markdown.")
@@ -62,6 +57,13 @@ def chat_command(
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
+    # llama.cpp, Jinja and rich's Markdown load only when the command runs.
+    from llmrun import generation
+    from llmrun.chat import ChatSession
+    from llmrun.chat.repl import Repl, Terminal, answer_all
+    from llmrun.engine import load_model
+    from llmrun.templates.render import ChatTemplate, read_template_file
+
     generation.check_choices(think, "auto", [])
     source = read_template_file(chat_template) if chat_template else None
     prepared = generation.prepare(

@@ -13,7 +13,6 @@ from llmrun.cli.common import app, err, print_json
 from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt
 from llmrun.cli.output import human_size, print_fields, print_table
 from llmrun.errors import BadInput
-from llmrun.ggufinfo import format_count, read_info
 from llmrun.resolve import (
     DEMO_ALIAS,
     DEMO_PACKAGE,
@@ -74,6 +73,8 @@ def listing() -> list[dict[str, Any]]:
 
 
 def _arch_and_params(path: Path) -> tuple[str | None, int | None]:
+    from llmrun.ggufinfo import read_info  # loads gguf and numpy: only when a file is read
+
     try:
         info = read_info(path)
     except BadInput:  # a damaged file is still listed; `show` says what is wrong
@@ -91,6 +92,8 @@ def list_cmd(json: JsonOpt = False) -> None:
     if not rows:
         err.print("No models yet. Get one with: llmrun pull smollm2-135m")
         return
+    from llmrun.ggufinfo import format_count
+
     print_table(
         ("NAME", "QUANT", "SIZE", "ARCH", "PARAMS", "MODIFIED", "SOURCE"),
         [
@@ -118,6 +121,8 @@ def show_cmd(
     template: TemplateOpt = False,
 ) -> None:
     """Show what a model is: architecture, size, context, quant, chat template."""
+    from llmrun.ggufinfo import format_count, read_info
+
     found = resolve_model(model)
     info = read_info(found.path)
     if template:

@@ -6,10 +6,10 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from llmrun import generation
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
 from llmrun.cli.common import app, err, note_cpu_only
 from llmrun.cli.flags import (
@@ -33,6 +33,9 @@ from llmrun.cli.flags import (
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
+
+if TYPE_CHECKING:
+    from llmrun import generation
 
 # What a model name can look like: a path, name[:QUANT], org/repo[:QUANT].
 MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
@@ -155,6 +158,8 @@ def run_command(
     Examples: llmrun run "Why is the sky blue?"
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
+    from llmrun import generation  # loads llama.cpp: only when the command runs
+
     if batch is not None or output is not None or parallel is not None:
         return batch_command(
             args or [],
