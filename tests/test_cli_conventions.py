@@ -38,3 +38,22 @@ def test_help_imports_nothing_heavy() -> None:
 def test_command_help_imports_nothing_heavy(command: str) -> None:
     heavy = sorted(set(HEAVY) & imported_by(command, "--help"))
     assert heavy == [], f"`llmrun {command} --help` imports {heavy}"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(flag: str) -> None:
+    from importlib.metadata import version
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmrun", flag], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout == (
+        f"llmrun {version('llmrun')} (llama-cpp-python {version('llama-cpp-python')})\n"
+    )
+
+
+def test_version_imports_nothing_heavy() -> None:
+    heavy = sorted(set(HEAVY) & imported_by("--version"))
+    assert heavy == [], f"`llmrun --version` imports {heavy}"

@@ -20,6 +20,44 @@ from llmrun.cli import chat, info, models, pull, quantize, run, serve, ps, bench
 
 EXIT_INTERRUPTED = 130
 
+
+def version_line() -> str:
+    """`llmrun X.Y.Z (llama-cpp-python A.B.C)`, from package metadata: llama.cpp stays unloaded."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from llmrun import __version__
+
+    try:
+        ours = version("llmrun")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        ours = __version__
+    try:
+        return f"llmrun {ours} (llama-cpp-python {version('llama-cpp-python')})"
+    except PackageNotFoundError:
+        return f"llmrun {ours}"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_line() + "\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "-V",
+        "--version",
+        help="Print the version and exit.",
+        callback=_show_version,
+        is_eager=True,
+    ),
+) -> None:
+    # No docstring: the app's help stays the one --help shows.
+    pass
+
+
 # Typer 0.26 and later carry their own copy of click: catch usage errors and aborts from both.
 USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)
 ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
