@@ -57,3 +57,45 @@ def test_version(flag: str) -> None:
 def test_version_imports_nothing_heavy() -> None:
     heavy = sorted(set(HEAVY) & imported_by("--version"))
     assert heavy == [], f"`llmrun --version` imports {heavy}"
+
+
+def command_helps() -> dict[str, str]:
+    """Every registered command's --help (and the app's), as a person sees it."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from llmrun.cli import app
+
+    runner = CliRunner()
+    helps = {"": runner.invoke(app, ["--help"], terminal_width=100).output}
+    for name in typer.main.get_command(app).commands:  # type: ignore[attr-defined]
+        result = runner.invoke(app, [name, "--help"], terminal_width=100)
+        assert result.exit_code == 0, (name, result.output)
+        helps[name] = result.output
+    return helps
+
+
+def test_help_shows_metavars_not_python_types() -> None:
+    helps = command_helps()
+    assert {"run", "chat", "serve", "ps", "quantize"} <= set(helps)
+    for name, text in helps.items():
+        for label in ("<bool>", "<str>", "<int>", "<float>", "<path>", "<list"):
+            assert label not in text, f"`llmrun {name} --help` shows {label}:\n{text}"
+    run = helps["run"]
+    assert re.search(r"--max-tokens\s+-n\s+N\s", run)
+    assert re.search(r"--system\s+TEXT\s", run)
+    assert re.search(r"--json-schema\s+PATH\s", run)
+    assert re.search(r"--raw\s+Plain completion", run), "a flag shows no metavar"
+    assert "Usage: llmrun rm [OPTIONS] MODEL" in " ".join(helps["rm"].split())
+
+
+def test_metavar() -> None:
+    from llmrun.cli.helpformat import metavar
+
+    assert metavar("<int>") == "N"
+    assert metavar("<list[str]>") == "TEXT"
+    assert metavar("<file>") == "FILE"
+    assert metavar("<bool>") is None
+    assert metavar("<bool>", is_flag=False) == "BOOL"
+    assert metavar("<a|b>") == "[a|b]"
+    assert metavar("FILE") == "FILE"

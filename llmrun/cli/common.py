@@ -13,7 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmrun.cli import helpformat
 from llmrun.options import parse_gpu_layers
+
+helpformat.install()
 
 app = typer.Typer(
     name="llmrun",

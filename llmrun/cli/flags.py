@@ -23,6 +23,7 @@ from llmrun.options import SAMPLING_CHECKS
 ModelArg = Annotated[
     str | None,
     typer.Argument(
+        metavar="MODEL",
         help="A .gguf path, a store name name[:QUANT], an alias from models.toml, "
         "or org/repo[:QUANT]. Default: the registry's default model.",
         show_default=False,
@@ -35,7 +36,12 @@ YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confir
 # built-in default, decide.
 NglOpt = Annotated[
     str,
-    typer.Option("-ngl", "--n-gpu-layers", help="Layers to offload to the GPU: N, auto or all."),
+    typer.Option(
+        "-ngl",
+        "--n-gpu-layers",
+        metavar="N|auto|all",
+        help="Layers to offload to the GPU: N, auto or all.",
+    ),
 ]
 CtxOpt = Annotated[
     int | None,
@@ -101,7 +107,10 @@ SystemOpt = Annotated[
     str | None, typer.Option("--system", help="System prompt.", show_default=False)
 ]
 FlashAttnOpt = Annotated[
-    str, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off or auto.")
+    str,
+    typer.Option(
+        "-fa", "--flash-attn", metavar="on|off|auto", help="Flash attention: on, off or auto."
+    ),
 ]
 CacheTypeKOpt = Annotated[str, typer.Option("-ctk", "--cache-type-k", help="KV cache type for K.")]
 CacheTypeVOpt = Annotated[str, typer.Option("-ctv", "--cache-type-v", help="KV cache type for V.")]
@@ -155,7 +164,9 @@ ChatTemplateOpt = Annotated[
 ThinkOpt = Annotated[
     str,
     typer.Option(
-        "--think", help="Thinking models: on, off (ask the template not to think) or auto."
+        "--think",
+        metavar="on|off|auto",
+        help="Thinking models: on, off (ask the template not to think) or auto.",
     ),
 ]
 HideThinkingOpt = Annotated[
