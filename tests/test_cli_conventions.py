@@ -99,3 +99,38 @@ def test_metavar() -> None:
     assert metavar("<bool>", is_flag=False) == "BOOL"
     assert metavar("<a|b>") == "[a|b]"
     assert metavar("FILE") == "FILE"
+
+
+def test_ggml_backtrace_off_unless_debugging() -> None:
+    from llmrun.cli import quiet_ggml_aborts
+
+    env: dict[str, str] = {}
+    quiet_ggml_aborts(env)
+    assert env == {"GGML_NO_BACKTRACE": "1"}
+    env = {"LLMRUN_DEBUG": "1"}
+    quiet_ggml_aborts(env)
+    assert "GGML_NO_BACKTRACE" not in env
+    env = {"GGML_NO_BACKTRACE": "0"}
+    quiet_ggml_aborts(env)
+    assert env == {"GGML_NO_BACKTRACE": "0"}  # the user's choice stands
+
+
+@pytest.mark.parametrize(("debug", "expected"), [("0", "1"), ("1", "None")])
+def test_main_sets_ggml_no_backtrace(debug: str, expected: str) -> None:
+    # What llama.cpp would see once main has started: printed as the process exits.
+    code = (
+        "import atexit, os\n"
+        "atexit.register(lambda: print(os.environ.get('GGML_NO_BACKTRACE')))\n"
+        "from llmrun.cli import main\n"
+        "main(['--version'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GGML_NO_BACKTRACE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "LLMRUN_DEBUG": debug},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == expected

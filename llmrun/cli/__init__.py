@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 import click
 import typer
@@ -69,9 +70,21 @@ except ImportError:
     pass
 
 
+def quiet_ggml_aborts(environ: MutableMapping[str, str] = os.environ) -> None:
+    """When llama.cpp aborts (GGML_ASSERT, a C++ exception), one line, not a gdb backtrace.
+
+    ggml attaches gdb to print the process's backtrace unless GGML_NO_BACKTRACE is set;
+    it reads the variable when it aborts, so setting it before llama.cpp loads is enough.
+    LLMRUN_DEBUG=1 keeps the backtrace, and a value the user set is left alone.
+    """
+    if environ.get("LLMRUN_DEBUG") != "1":
+        environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn failures into one line."""
     debug = os.environ.get("LLMRUN_DEBUG") == "1"
+    quiet_ggml_aborts()
     try:
         code = app(args=argv, prog_name="llmrun", standalone_mode=False)
     except LlmrunError as e:
