@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,22 @@ def test_main_sets_ggml_no_backtrace(debug: str, expected: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == expected
+
+
+def test_run_at_a_terminal_without_a_prompt_says_what_it_expects(smollm2: Path) -> None:
+    import pexpect
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "llmrun", "run", str(smollm2), "--raw", "--temp", "0", "-n", "8", "-t", "2"],
+        env=dict(os.environ),
+        encoding="utf-8",
+        timeout=120,
+    )
+    child.expect_exact("type a prompt, or give one as an argument; Ctrl-D to end")
+    child.sendline("The capital of France is")
+    child.sendeof()
+    child.expect("Paris")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

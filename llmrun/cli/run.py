@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 # What a model name can look like: a path, name[:QUANT], org/repo[:QUANT].
 MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
 STDIN_MARK = "-"
+TYPE_HINT = "type a prompt, or give one as an argument; Ctrl-D to end"
 
 
 def split_model_and_prompt(args: list[str], pull: bool = False) -> tuple[str | None, list[str]]:
@@ -77,9 +78,15 @@ def _pullable(word: str) -> bool:
 
 
 def read_prompt(words: list[str]) -> str:
-    """Join piped stdin (first) and the prompt words; `-` means stdin only."""
+    """Join piped stdin (first) and the prompt words; `-` means stdin only.
+
+    With no prompt at a terminal, the prompt is typed: one line on stderr says so first,
+    rather than a silent wait.
+    """
     piped = not sys.stdin.isatty()
-    use_stdin = piped or words == [STDIN_MARK]
+    use_stdin = piped or not words or words == [STDIN_MARK]
+    if use_stdin and not piped:
+        err.print(TYPE_HINT, style="dim", markup=False)
     stdin_text = sys.stdin.read() if use_stdin else ""
     text = " ".join(w for w in words if w != STDIN_MARK)
     if stdin_text.strip() and text:
