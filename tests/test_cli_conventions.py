@@ -154,3 +154,44 @@ def test_run_at_a_terminal_without_a_prompt_says_what_it_expects(smollm2: Path) 
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def complete(words: str) -> list[str]:
+    """What bash completion offers for the last of `words` (typer's completion protocol)."""
+    parts = words.split(" ")
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmrun"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "_LLMRUN_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1),
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def test_model_names_complete_from_the_store_and_aliases(smollm2: Path) -> None:
+    from tests.conftest import add_stored
+
+    add_stored(smollm2, "mymodel", "Q8_0")
+    assert complete("llmrun run my") == ["mymodel:Q8_0", "mymodel"]
+    assert complete("llmrun rm mymodel:") == ["mymodel:Q8_0"]
+    assert "qwen3-0.6b" in complete("llmrun show qwen")
+    assert complete("llmrun run mymodel wh") == []  # the prompt is not a model
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_show_completion(shell: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmrun", "--show-completion", shell],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "_LLMRUN_COMPLETE" in proc.stdout

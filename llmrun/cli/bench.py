@@ -9,12 +9,13 @@ from typing import Annotated
 import typer
 
 from llmrun.cli.common import app, err, note_cpu_only
-from llmrun.cli.flags import GenerationOptions, generation_options
+from llmrun.cli.flags import GenerationOptions, complete_model, generation_options
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[
     list[str] | None,
     typer.Argument(
+        autocompletion=complete_model,
         help="One or more models (paths, store names, aliases); default: the default model.",
         metavar="MODEL",
         show_default=False,

@@ -22,7 +22,7 @@ app = typer.Typer(
     name="llmrun",
     help="Run quantized language models locally: pull, quantize, chat, run.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion: bash, zsh, fish
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -18,12 +18,37 @@ import typer
 
 from llmrun.options import SAMPLING_CHECKS
 
+# ---------------------------------------------------------------- shell completion
+
+
+def model_names() -> list[str]:
+    """What MODEL can be, for shell completion: stored name:QUANT and names, then aliases."""
+    from llmrun import registry, store
+    from llmrun.resolve import DEMO_ALIAS
+
+    names: list[str] = []
+    for m in store.list_models():
+        names += [m.tag, m.name]
+    names += [DEMO_ALIAS, *registry.load_registry().models]
+    return list(dict.fromkeys(names))
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """The model names that start with `incomplete`; nothing when the store cannot be read."""
+    try:
+        names = model_names()
+    except Exception:  # a broken models.toml must not print a traceback into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 # ---------------------------------------------------------------- shared options
 
 ModelArg = Annotated[
     str | None,
     typer.Argument(
         metavar="MODEL",
+        autocompletion=complete_model,
         help="A .gguf path, a store name name[:QUANT], an alias from models.toml, "
         "or org/repo[:QUANT]. Default: the registry's default model.",
         show_default=False,

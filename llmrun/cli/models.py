@@ -10,7 +10,7 @@ import typer
 
 from llmrun import store
 from llmrun.cli.common import app, err, print_json
-from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt
+from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt, complete_model
 from llmrun.cli.output import human_size, print_fields, print_table
 from llmrun.errors import BadInput
 from llmrun.resolve import (
@@ -27,6 +27,7 @@ TemplateOpt = Annotated[bool, typer.Option("--template", help="Print only the ch
 RmModelArg = Annotated[
     str,
     typer.Argument(
+        autocompletion=complete_model,
         help="A stored model: name[:QUANT], an alias or org/repo; without :QUANT, every quant.",
         show_default=False,
     ),

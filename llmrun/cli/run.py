@@ -28,6 +28,7 @@ from llmrun.cli.flags import (
     ToolChoiceOpt,
     ToolsOpt,
     VerbosePromptOpt,
+    complete_model,
     generation_options,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
@@ -75,6 +76,11 @@ def _pullable(word: str) -> bool:
     from llmrun import hub  # loads huggingface_hub: only for a word that is not a local model
 
     return not hub.constants.HF_HUB_OFFLINE and hub.pullable(word)
+
+
+def _complete_first_word(ctx: typer.Context, incomplete: str) -> list[str]:
+    """MODEL is the first word: complete model names there, nothing in the prompt."""
+    return [] if ctx.params.get("args") else complete_model(incomplete)
 
 
 def read_prompt(words: list[str]) -> str:
@@ -138,6 +144,7 @@ def run_command(
     args: list[str] | None = typer.Argument(
         None,
         metavar="[MODEL] [PROMPT]...",
+        autocompletion=_complete_first_word,
         help="Model (optional) and prompt; `-` reads the prompt from stdin.",
         show_default=False,
     ),
