@@ -85,7 +85,11 @@ def _arch_and_params(path: Path) -> tuple[str | None, int | None]:
 
 @app.command("list")
 def list_cmd(json: JsonOpt = False) -> None:
-    """List the models on this machine."""
+    """List the models on this machine.
+
+    Examples: llmrun list
+    llmrun list --json | jq -r '.[].name'
+    """
     rows = listing()
     if json:
         print_json(rows)
@@ -121,7 +125,11 @@ def show_cmd(
     json: JsonOpt = False,
     template: TemplateOpt = False,
 ) -> None:
-    """Show what a model is: architecture, size, context, quant, chat template."""
+    """Show what a model is: architecture, size, context, quant, chat template.
+
+    Examples: llmrun show smollm2-135m
+    llmrun show model.gguf --template
+    """
     from llmrun.ggufinfo import format_count, read_info
 
     found = resolve_model(model)
@@ -193,7 +201,11 @@ def rm_cmd(
     yes: YesOpt = False,
     purge: PurgeOpt = False,
 ) -> None:
-    """Delete a model from the store (never files outside it); --purge: its cached download too."""
+    """Delete a model from the store (never files outside it); --purge: its cached download too.
+
+    Examples: llmrun rm smollm2-135m:Q8_0
+    llmrun rm qwen3-0.6b -y --purge
+    """
     doomed = find_stored(model)
     if not yes:
         if not sys.stdin.isatty():
