@@ -205,3 +205,15 @@ def test_every_command_help_has_examples() -> None:
         if name and name not in ("ps", "stop") and "Examples:" not in text
     ]
     assert missing == []
+
+
+def test_quiet_leaves_only_the_answer_and_errors(llmrun_inprocess, smollm2: Path) -> None:
+    r = llmrun_inprocess("run", str(smollm2), "Hi", "-n", "2", "--temp", "0", "-q", "-ngl", "9")
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip() and r.stderr == ""  # not even -ngl's CPU-only note
+    r = llmrun_inprocess("run", "no-such-model-here", "Hi", "-q", "--no-pull")
+    assert r.code == 2 and r.stderr.startswith("error: unknown model")
+    r = llmrun_inprocess("run", str(smollm2), "Hi", "-q", "-v")
+    assert r.code == 2 and "contradict" in r.stderr
+    r = llmrun_inprocess("run", "no-such-model-here", "Hi", "--no-pull")  # -q does not stick
+    assert r.stderr.startswith("error:")

@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 import click
 import typer
 
-from llmrun.cli.common import app, print_error
+from llmrun.cli.common import app, print_error, quiet_stderr
 from llmrun.errors import LlmrunError
 
 # Importing a command module registers its commands on `app`.
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn failures into one line."""
     debug = os.environ.get("LLMRUN_DEBUG") == "1"
     quiet_ggml_aborts()
+    quiet_stderr(False)  # -q is one command's: not the next in-process call's
     try:
         code = app(args=argv, prog_name="llmrun", standalone_mode=False)
     except LlmrunError as e:

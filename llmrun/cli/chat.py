@@ -11,13 +11,14 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import app, err, note_cpu_only, print_error
+from llmrun.cli.common import app, err, note_cpu_only, print_error, quiet_stderr
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
     HideThinkingOpt,
     ModelArg,
     NoPullOpt,
+    QuietOpt,
     SystemOpt,
     ThinkOpt,
     generation_options,
@@ -49,6 +50,7 @@ def chat_command(
     hide_thinking: HideThinkingOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
 
@@ -64,6 +66,7 @@ def chat_command(
     from llmrun.engine import load_model
     from llmrun.templates.render import ChatTemplate, read_template_file
 
+    quiet_stderr(quiet, options.verbose)
     generation.check_choices(think, "auto", [])
     source = read_template_file(chat_template) if chat_template else None
     prepared = generation.prepare(

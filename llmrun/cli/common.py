@@ -32,9 +32,22 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
+def quiet_stderr(quiet: bool, verbose: bool = False) -> None:
+    """-q/--quiet: nothing on stderr (progress, notes, timings) but errors."""
+    if quiet and verbose:
+        from llmrun.errors import BadOption
+
+        raise BadOption("-q/--quiet and -v/--verbose contradict each other", "choose one")
+    err.quiet = quiet
+
+
 def print_error(message: str, remedy: str | None = None) -> None:
     text = f"{message}; {remedy}" if remedy else message
-    err.print(f"[bold red]error:[/] {escape(text)}")
+    quiet, err.quiet = err.quiet, False  # -q silences the chatter, never the error
+    try:
+        err.print(f"[bold red]error:[/] {escape(text)}")
+    finally:
+        err.quiet = quiet
 
 
 def print_json(data: Any) -> None:

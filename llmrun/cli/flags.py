@@ -313,6 +313,11 @@ def generation_options(
     return decorate
 
 
+QuietOpt = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="Nothing on stderr but errors: no progress, no notes."),
+]
+
 # For the commands that pull a missing model first (run, chat).
 NoPullOpt = Annotated[
     bool, typer.Option("--no-pull", help="Never download: use only models already here.")

@@ -18,7 +18,8 @@ from rich.progress import (
 )
 from typer.core import TyperCommand
 
-from llmrun.cli.common import app, err
+from llmrun.cli.common import app, err, quiet_stderr
+from llmrun.cli.flags import QuietOpt
 from llmrun.cli.output import human_size
 from llmrun.errors import BadInput
 from llmrun.quantize import DEFAULT_TYPE
@@ -165,6 +166,7 @@ def quantize_cmd(
     list_types: ListTypesOpt = False,
     no_check: NoCheckOpt = False,
     eval: EvalOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
 
@@ -175,6 +177,7 @@ def quantize_cmd(
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
     """
+    quiet_stderr(quiet)
     if list_types:
         from llmrun.quantize.types import types_table
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
-from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.common import app, err, note_cpu_only, quiet_stderr
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     DraftModelOpt,
@@ -22,6 +22,7 @@ from llmrun.cli.flags import (
     HideThinkingOpt,
     JsonSchemaOpt,
     NoPullOpt,
+    QuietOpt,
     RawOpt,
     SystemOpt,
     ThinkOpt,
@@ -163,6 +164,7 @@ def run_command(
     hide_thinking: HideThinkingOpt = False,
     verbose_prompt: VerbosePromptOpt = False,
     no_pull: NoPullOpt = False,
+    quiet: QuietOpt = False,
     batch: BatchOpt = None,
     output: OutputOpt = None,
     parallel: BatchParallelOpt = None,
@@ -173,6 +175,8 @@ def run_command(
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
     from llmrun import generation  # loads llama.cpp: only when the command runs
+
+    quiet_stderr(quiet, options.verbose)
 
     if batch is not None or output is not None or parallel is not None:
         return batch_command(
