@@ -291,14 +291,29 @@ def test_ctrl_c_stops_a_reply_and_keeps_the_session(smollm2: Path) -> None:
     assert leave(child) == 0
 
 
-def test_ctrl_c_clears_a_typed_line_and_exits_at_an_empty_prompt(smollm2: Path) -> None:
+def test_ctrl_c_clears_a_typed_line(smollm2: Path) -> None:
     child = spawn(smollm2)
     child.send("half a thought")
     child.expect_exact("thought")
     child.sendintr()
     child.expect_exact(PROMPT)  # still running, on a fresh line
+    assert "Use Ctrl-D" not in clean(child.before)
     assert show(child)["turns"] == "0"
+    assert leave(child) == 0
+
+
+def test_ctrl_c_at_an_empty_prompt_says_how_to_leave_and_stays(smollm2: Path) -> None:
+    # As python's, bash's and Ollama's prompts do: only Ctrl-D or /bye end the chat.
+    child = spawn(smollm2, "-n", "8", "--temp", "0")
     child.sendintr()
+    child.expect_exact("Use Ctrl-D or /bye to exit")
+    child.expect_exact(PROMPT)
+    child.sendintr()  # twice: still here
+    child.expect_exact("Use Ctrl-D or /bye to exit")
+    child.expect_exact(PROMPT)
+    assert typed(child, "What is the capital of France?")
+    assert show(child)["turns"] == "1"
+    child.sendline("/bye")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0

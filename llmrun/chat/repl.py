@@ -31,6 +31,7 @@ from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS, spellings
 PROMPT = ">>> "
 MORE = "... "  # inside a \"\"\" block
 BLOCK = '"""'
+LEAVE_HINT = "Use Ctrl-D or /bye to exit"  # Ctrl-C at an empty prompt: what leaves
 HISTORY_FILE = "chat_history"
 HISTORY_SIZE = 1000
 
@@ -150,7 +151,12 @@ class Repl:
                 sys.stdout.write("\n")
 
     def read_message(self) -> str | None:
-        """The next message or command; None to leave (Ctrl-D, Ctrl-C at an empty prompt)."""
+        """The next message or command; None to leave (Ctrl-D).
+
+        Ctrl-C clears a typed line; at an empty prompt it says how to leave and stays, as
+        python's, bash's and Ollama's prompts do: a Ctrl-C meant for a reply that just ended
+        must not end the chat.
+        """
         while True:
             try:
                 line = self.read(PROMPT)
@@ -161,10 +167,11 @@ class Repl:
                 sys.stdout.write("\n")
                 return None
             except KeyboardInterrupt:
-                if not self.read.typed():
-                    sys.stdout.write("\n")
-                    return None
+                empty = not self.read.typed()
                 sys.stdout.write("\n")  # like a shell: drop the line, prompt again
+                if empty:
+                    sys.stdout.flush()
+                    self.term.notice(LEAVE_HINT)
 
     def read_block(self, text: str) -> str:
         """The text up to a closing \"\"\" (which may end the first line); Ctrl-C drops it."""
@@ -230,7 +237,7 @@ class Repl:
             self.term.err.print(f"  {escape(name + ' ' + cmd.args):<18} {escape(cmd.help)}")
         self.term.err.print(
             f"  {BLOCK} ... {BLOCK:<9} a message of several lines (a paste works too)\n"
-            "  Ctrl-C             stop the reply; at an empty prompt, leave\n"
+            "  Ctrl-C             stop the reply; clear the line\n"
             "  Ctrl-D             leave",
             markup=False,
         )

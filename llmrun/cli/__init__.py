@@ -8,17 +8,56 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 import click
 import typer
 
-from llmrun.cli.common import app, print_error
+from llmrun.cli.common import app, print_error, quiet_stderr
 from llmrun.errors import LlmrunError
 
 # Importing a command module registers its commands on `app`.
 from llmrun.cli import chat, info, models, pull, quantize, run, serve, ps, bench, eval, worker  # noqa: F401  isort: skip
 
 EXIT_INTERRUPTED = 130
+
+
+def version_line() -> str:
+    """`llmrun X.Y.Z (llama-cpp-python A.B.C)`, from package metadata: llama.cpp stays unloaded."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from llmrun import __version__
+
+    try:
+        ours = version("llmrun")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        ours = __version__
+    try:
+        return f"llmrun {ours} (llama-cpp-python {version('llama-cpp-python')})"
+    except PackageNotFoundError:
+        return f"llmrun {ours}"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_line() + "\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "-V",
+        "--version",
+        help="Print the version and exit.",
+        callback=_show_version,
+        is_eager=True,
+    ),
+) -> None:
+    # No docstring: the app's help stays the one --help shows.
+    pass
+
 
 # Typer 0.26 and later carry their own copy of click: catch usage errors and aborts from both.
 USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)
@@ -31,9 +70,22 @@ except ImportError:
     pass
 
 
+def quiet_ggml_aborts(environ: MutableMapping[str, str] = os.environ) -> None:
+    """When llama.cpp aborts (GGML_ASSERT, a C++ exception), one line, not a gdb backtrace.
+
+    ggml attaches gdb to print the process's backtrace unless GGML_NO_BACKTRACE is set;
+    it reads the variable when it aborts, so setting it before llama.cpp loads is enough.
+    LLMRUN_DEBUG=1 keeps the backtrace, and a value the user set is left alone.
+    """
+    if environ.get("LLMRUN_DEBUG") != "1":
+        environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turn failures into one line."""
     debug = os.environ.get("LLMRUN_DEBUG") == "1"
+    quiet_ggml_aborts()
+    quiet_stderr(False)  # -q is one command's: not the next in-process call's
     try:
         code = app(args=argv, prog_name="llmrun", standalone_mode=False)
     except LlmrunError as e:

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from llmrun import bench
 from llmrun.cli.common import app, err, note_cpu_only
-from llmrun.cli.flags import GenerationOptions, generation_options
+from llmrun.cli.flags import GenerationOptions, complete_model, generation_options
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[
     list[str] | None,
     typer.Argument(
+        autocompletion=complete_model,
         help="One or more models (paths, store names, aliases); default: the default model.",
         metavar="MODEL",
         show_default=False,
@@ -56,6 +56,8 @@ def bench_cmd(
     Examples: llmrun bench smollm2-135m:Q4_K_M smollm2-135m:Q8_0
     llmrun bench model.gguf -p 256 -n 64 -r 3 --md
     """
+    from llmrun import bench  # loads llama.cpp: only when the command runs
+
     chosen = [name for name, on in (("json", json), ("csv", csv), ("md", md)) if on]
     if len(chosen) > 1:
         raise BadOption(f"choose one output format, got --{' and --'.join(chosen)}")

@@ -11,24 +11,20 @@ from typing import Annotated
 
 import typer
 
-from llmrun import generation
-from llmrun.chat import ChatSession
-from llmrun.chat.repl import Repl, Terminal, answer_all
-from llmrun.cli.common import app, err, note_cpu_only, print_error
+from llmrun.cli.common import app, err, note_cpu_only, print_error, quiet_stderr
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
     HideThinkingOpt,
     ModelArg,
     NoPullOpt,
+    QuietOpt,
     SystemOpt,
     ThinkOpt,
     generation_options,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
-from llmrun.engine import load_model
 from llmrun.errors import BadInput
-from llmrun.templates.render import ChatTemplate, read_template_file
 
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Render each finished reply as Markdown.")
@@ -54,6 +50,7 @@ def chat_command(
     hide_thinking: HideThinkingOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
 
@@ -62,6 +59,14 @@ def chat_command(
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
+    # llama.cpp, Jinja and rich's Markdown load only when the command runs.
+    from llmrun import generation
+    from llmrun.chat import ChatSession
+    from llmrun.chat.repl import Repl, Terminal, answer_all
+    from llmrun.engine import load_model
+    from llmrun.templates.render import ChatTemplate, read_template_file
+
+    quiet_stderr(quiet, options.verbose)
     generation.check_choices(think, "auto", [])
     source = read_template_file(chat_template) if chat_template else None
     prepared = generation.prepare(

@@ -13,13 +13,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmrun.cli import helpformat
 from llmrun.options import parse_gpu_layers
+
+helpformat.install()
 
 app = typer.Typer(
     name="llmrun",
     help="Run quantized language models locally: pull, quantize, chat, run.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion: bash, zsh, fish
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -29,9 +32,22 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
+def quiet_stderr(quiet: bool, verbose: bool = False) -> None:
+    """-q/--quiet: nothing on stderr (progress, notes, timings) but errors."""
+    if quiet and verbose:
+        from llmrun.errors import BadOption
+
+        raise BadOption("-q/--quiet and -v/--verbose contradict each other", "choose one")
+    err.quiet = quiet
+
+
 def print_error(message: str, remedy: str | None = None) -> None:
     text = f"{message}; {remedy}" if remedy else message
-    err.print(f"[bold red]error:[/] {escape(text)}")
+    quiet, err.quiet = err.quiet, False  # -q silences the chatter, never the error
+    try:
+        err.print(f"[bold red]error:[/] {escape(text)}")
+    finally:
+        err.quiet = quiet
 
 
 def print_json(data: Any) -> None:

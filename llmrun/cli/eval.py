@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import rich.progress as bars
 import typer
@@ -13,7 +13,9 @@ import typer
 from llmrun.cli.common import app, err, note_cpu_only, print_json
 from llmrun.cli.flags import JsonOpt, ModelArg, NglOpt, ThreadsOpt
 from llmrun.cli.output import print_fields
-from llmrun.evaluate import EvalResult, Progress, evaluate
+
+if TYPE_CHECKING:
+    from llmrun.evaluate import EvalResult, Progress
 
 RefOpt = Annotated[
     str | None,
@@ -61,6 +63,8 @@ def eval_cmd(
     Examples: llmrun eval smollm2-135m:Q4_K_M --ref smollm2-135m:F16
     llmrun eval model.gguf --text book.txt -c 1024 --json
     """
+    from llmrun.evaluate import evaluate  # loads llama.cpp: only when the command runs
+
     note_cpu_only(n_gpu_layers)
     with _bar() as progress:
         result = evaluate(

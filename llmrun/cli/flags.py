@@ -18,11 +18,37 @@ import typer
 
 from llmrun.options import SAMPLING_CHECKS
 
+# ---------------------------------------------------------------- shell completion
+
+
+def model_names() -> list[str]:
+    """What MODEL can be, for shell completion: stored name:QUANT and names, then aliases."""
+    from llmrun import registry, store
+    from llmrun.resolve import DEMO_ALIAS
+
+    names: list[str] = []
+    for m in store.list_models():
+        names += [m.tag, m.name]
+    names += [DEMO_ALIAS, *registry.load_registry().models]
+    return list(dict.fromkeys(names))
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """The model names that start with `incomplete`; nothing when the store cannot be read."""
+    try:
+        names = model_names()
+    except Exception:  # a broken models.toml must not print a traceback into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 # ---------------------------------------------------------------- shared options
 
 ModelArg = Annotated[
     str | None,
     typer.Argument(
+        metavar="MODEL",
+        autocompletion=complete_model,
         help="A .gguf path, a store name name[:QUANT], an alias from models.toml, "
         "or org/repo[:QUANT]. Default: the registry's default model.",
         show_default=False,
@@ -35,7 +61,12 @@ YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confir
 # built-in default, decide.
 NglOpt = Annotated[
     str,
-    typer.Option("-ngl", "--n-gpu-layers", help="Layers to offload to the GPU: N, auto or all."),
+    typer.Option(
+        "-ngl",
+        "--n-gpu-layers",
+        metavar="N|auto|all",
+        help="Layers to offload to the GPU: N, auto or all.",
+    ),
 ]
 CtxOpt = Annotated[
     int | None,
@@ -101,7 +132,10 @@ SystemOpt = Annotated[
     str | None, typer.Option("--system", help="System prompt.", show_default=False)
 ]
 FlashAttnOpt = Annotated[
-    str, typer.Option("-fa", "--flash-attn", help="Flash attention: on, off or auto.")
+    str,
+    typer.Option(
+        "-fa", "--flash-attn", metavar="on|off|auto", help="Flash attention: on, off or auto."
+    ),
 ]
 CacheTypeKOpt = Annotated[str, typer.Option("-ctk", "--cache-type-k", help="KV cache type for K.")]
 CacheTypeVOpt = Annotated[str, typer.Option("-ctv", "--cache-type-v", help="KV cache type for V.")]
@@ -155,7 +189,9 @@ ChatTemplateOpt = Annotated[
 ThinkOpt = Annotated[
     str,
     typer.Option(
-        "--think", help="Thinking models: on, off (ask the template not to think) or auto."
+        "--think",
+        metavar="on|off|auto",
+        help="Thinking models: on, off (ask the template not to think) or auto.",
     ),
 ]
 HideThinkingOpt = Annotated[
@@ -276,6 +312,11 @@ def generation_options(
 
     return decorate
 
+
+QuietOpt = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="Nothing on stderr but errors: no progress, no notes."),
+]
 
 # For the commands that pull a missing model first (run, chat).
 NoPullOpt = Annotated[

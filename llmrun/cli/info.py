@@ -14,6 +14,9 @@ def info_cmd(json: JsonOpt = False, rpc: RpcOpt = None) -> None:
     """Show llama.cpp's version, backends, devices and llmrun's paths.
 
     With --rpc, each worker's devices are listed too (RPC0, RPC1, ...), as -ngl will see them.
+
+    Examples: llmrun info
+    llmrun info --rpc 192.168.1.20:50052 --json
     """
     from llmrun.engine import rpc as rpc_backend  # loads llama.cpp: only when asked
     from llmrun.engine.system import system_info

@@ -10,10 +10,9 @@ import typer
 
 from llmrun import store
 from llmrun.cli.common import app, err, print_json
-from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt
+from llmrun.cli.flags import JsonOpt, ModelArg, YesOpt, complete_model
 from llmrun.cli.output import human_size, print_fields, print_table
 from llmrun.errors import BadInput
-from llmrun.ggufinfo import format_count, read_info
 from llmrun.resolve import (
     DEMO_ALIAS,
     DEMO_PACKAGE,
@@ -28,6 +27,7 @@ TemplateOpt = Annotated[bool, typer.Option("--template", help="Print only the ch
 RmModelArg = Annotated[
     str,
     typer.Argument(
+        autocompletion=complete_model,
         help="A stored model: name[:QUANT], an alias or org/repo; without :QUANT, every quant.",
         show_default=False,
     ),
@@ -74,6 +74,8 @@ def listing() -> list[dict[str, Any]]:
 
 
 def _arch_and_params(path: Path) -> tuple[str | None, int | None]:
+    from llmrun.ggufinfo import read_info  # loads gguf and numpy: only when a file is read
+
     try:
         info = read_info(path)
     except BadInput:  # a damaged file is still listed; `show` says what is wrong
@@ -83,7 +85,11 @@ def _arch_and_params(path: Path) -> tuple[str | None, int | None]:
 
 @app.command("list")
 def list_cmd(json: JsonOpt = False) -> None:
-    """List the models on this machine."""
+    """List the models on this machine.
+
+    Examples: llmrun list
+    llmrun list --json | jq -r '.[].name'
+    """
     rows = listing()
     if json:
         print_json(rows)
@@ -91,6 +97,8 @@ def list_cmd(json: JsonOpt = False) -> None:
     if not rows:
         err.print("No models yet. Get one with: llmrun pull smollm2-135m")
         return
+    from llmrun.ggufinfo import format_count
+
     print_table(
         ("NAME", "QUANT", "SIZE", "ARCH", "PARAMS", "MODIFIED", "SOURCE"),
         [
@@ -117,7 +125,13 @@ def show_cmd(
     json: JsonOpt = False,
     template: TemplateOpt = False,
 ) -> None:
-    """Show what a model is: architecture, size, context, quant, chat template."""
+    """Show what a model is: architecture, size, context, quant, chat template.
+
+    Examples: llmrun show smollm2-135m
+    llmrun show model.gguf --template
+    """
+    from llmrun.ggufinfo import format_count, read_info
+
     found = resolve_model(model)
     info = read_info(found.path)
     if template:
@@ -187,7 +201,11 @@ def rm_cmd(
     yes: YesOpt = False,
     purge: PurgeOpt = False,
 ) -> None:
-    """Delete a model from the store (never files outside it); --purge: its cached download too."""
+    """Delete a model from the store (never files outside it); --purge: its cached download too.
+
+    Examples: llmrun rm smollm2-135m:Q8_0
+    llmrun rm qwen3-0.6b -y --purge
+    """
     doomed = find_stored(model)
     if not yes:
         if not sys.stdin.isatty():

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from llmrun.cli.common import app, err
+from llmrun.cli.common import app, err, quiet_stderr
+from llmrun.cli.flags import QuietOpt
 from llmrun.cli.output import human_size, progress_for_stderr
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def pull_cmd(
     token: TokenOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Download a model from the Hugging Face Hub into its cache and add it to the store.
 
@@ -66,6 +68,8 @@ def pull_cmd(
     llmrun pull bartowski/SmolLM2-135M-Instruct-GGUF:Q8_0
     """
     from llmrun import hub  # loads huggingface_hub: only for the commands that use it
+
+    quiet_stderr(quiet)
 
     try:
         result = hub.pull(

@@ -16,12 +16,14 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from typer.core import TyperCommand
 
-from llmrun.cli.common import app, err
+from llmrun.cli.common import app, err, quiet_stderr
+from llmrun.cli.flags import QuietOpt
 from llmrun.cli.output import human_size
 from llmrun.errors import BadInput
+from llmrun.quantize import DEFAULT_TYPE
 from llmrun.quantize import progress as qprogress
-from llmrun.quantize.types import DEFAULT_TYPE, types_table
 
 QuantizeModelArg = Annotated[
     str | None,
@@ -140,10 +142,21 @@ def _evaluate(output: Path, reference: Path | None) -> object:
     return evaluate(output, ref=reference)
 
 
-@app.command(
-    "quantize",
-    epilog="Types (--type):\n\n\b\n" + types_table(),
-)
+class _QuantizeCommand(TyperCommand):
+    """The types table as the epilog, made when --help shows it: it needs gguf."""
+
+    @property  # type: ignore[override]
+    def epilog(self) -> str:
+        from llmrun.quantize.types import types_table
+
+        return "Types (--type):\n\n\b\n" + types_table()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass
+
+
+@app.command("quantize", cls=_QuantizeCommand)
 def quantize_cmd(
     model: QuantizeModelArg = None,
     type: TypeOpt = DEFAULT_TYPE,
@@ -153,6 +166,7 @@ def quantize_cmd(
     list_types: ListTypesOpt = False,
     no_check: NoCheckOpt = False,
     eval: EvalOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
 
@@ -163,7 +177,10 @@ def quantize_cmd(
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
     """
+    quiet_stderr(quiet)
     if list_types:
+        from llmrun.quantize.types import types_table
+
         sys.stdout.write(types_table() + "\n")
         return
     if model is None:

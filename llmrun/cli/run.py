@@ -6,12 +6,12 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from llmrun import generation
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
-from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.common import app, err, note_cpu_only, quiet_stderr
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     DraftModelOpt,
@@ -22,21 +22,27 @@ from llmrun.cli.flags import (
     HideThinkingOpt,
     JsonSchemaOpt,
     NoPullOpt,
+    QuietOpt,
     RawOpt,
     SystemOpt,
     ThinkOpt,
     ToolChoiceOpt,
     ToolsOpt,
     VerbosePromptOpt,
+    complete_model,
     generation_options,
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
 from llmrun.resolve import resolve_model
 
+if TYPE_CHECKING:
+    from llmrun import generation
+
 # What a model name can look like: a path, name[:QUANT], org/repo[:QUANT].
 MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
 STDIN_MARK = "-"
+TYPE_HINT = "type a prompt, or give one as an argument; Ctrl-D to end"
 
 
 def split_model_and_prompt(args: list[str], pull: bool = False) -> tuple[str | None, list[str]]:
@@ -73,10 +79,21 @@ def _pullable(word: str) -> bool:
     return not hub.constants.HF_HUB_OFFLINE and hub.pullable(word)
 
 
+def _complete_first_word(ctx: typer.Context, incomplete: str) -> list[str]:
+    """MODEL is the first word: complete model names there, nothing in the prompt."""
+    return [] if ctx.params.get("args") else complete_model(incomplete)
+
+
 def read_prompt(words: list[str]) -> str:
-    """Join piped stdin (first) and the prompt words; `-` means stdin only."""
+    """Join piped stdin (first) and the prompt words; `-` means stdin only.
+
+    With no prompt at a terminal, the prompt is typed: one line on stderr says so first,
+    rather than a silent wait.
+    """
     piped = not sys.stdin.isatty()
-    use_stdin = piped or words == [STDIN_MARK]
+    use_stdin = piped or not words or words == [STDIN_MARK]
+    if use_stdin and not piped:
+        err.print(TYPE_HINT, style="dim", markup=False)
     stdin_text = sys.stdin.read() if use_stdin else ""
     text = " ".join(w for w in words if w != STDIN_MARK)
     if stdin_text.strip() and text:
@@ -128,6 +145,7 @@ def run_command(
     args: list[str] | None = typer.Argument(
         None,
         metavar="[MODEL] [PROMPT]...",
+        autocompletion=_complete_first_word,
         help="Model (optional) and prompt; `-` reads the prompt from stdin.",
         show_default=False,
     ),
@@ -146,6 +164,7 @@ def run_command(
     hide_thinking: HideThinkingOpt = False,
     verbose_prompt: VerbosePromptOpt = False,
     no_pull: NoPullOpt = False,
+    quiet: QuietOpt = False,
     batch: BatchOpt = None,
     output: OutputOpt = None,
     parallel: BatchParallelOpt = None,
@@ -155,6 +174,10 @@ def run_command(
     Examples: llmrun run "Why is the sky blue?"
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     """
+    from llmrun import generation  # loads llama.cpp: only when the command runs
+
+    quiet_stderr(quiet, options.verbose)
+
     if batch is not None or output is not None or parallel is not None:
         return batch_command(
             args or [],

@@ -34,7 +34,11 @@ def worker_cmd(
         ),
     ] = None,
 ) -> None:
-    """Serve this machine's GPUs (else its CPU) to `llmrun ... --rpc host:port`."""
+    """Serve this machine's GPUs (else its CPU) to `llmrun ... --rpc host:port`.
+
+    Examples: llmrun worker --host 0.0.0.0 --port 50052
+    then, on the other machine: llmrun run qwen3-4b "Hi" --rpc 192.168.1.20:50052
+    """
     from llmrun.engine import rpc  # loads llama.cpp: only when asked
     from llmrun.options import default_threads
 

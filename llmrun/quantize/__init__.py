@@ -12,9 +12,35 @@ pipeline.py     quantize(): all of the above, atomically
 
 from __future__ import annotations
 
-from llmrun.quantize.pipeline import Result, quantize
-from llmrun.quantize.progress import QuantizeProgress
-from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type, types_table
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The default --type, here so that `llmrun quantize --help` needs no gguf (llmrun.quantize.types).
+DEFAULT_TYPE = "Q4_K_M"
+
+if TYPE_CHECKING:
+    from llmrun.quantize.pipeline import Result, quantize
+    from llmrun.quantize.progress import QuantizeProgress
+    from llmrun.quantize.types import TYPES, QuantType, get_type, types_table
+
+# The rest loads on first use (PEP 562): the pipeline imports gguf, numpy and llama.cpp.
+_LAZY = {
+    "Result": "pipeline",
+    "quantize": "pipeline",
+    "QuantizeProgress": "progress",
+    "TYPES": "types",
+    "QuantType": "types",
+    "get_type": "types",
+    "types_table": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_TYPE",

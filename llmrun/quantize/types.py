@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import gguf
 
 from llmrun.errors import BadOption
+from llmrun.quantize import DEFAULT_TYPE  # noqa: F401  (its old home; pipeline imports it here)
 
 FT = gguf.LlamaFileType
 QT = gguf.GGMLQuantizationType
@@ -55,7 +56,6 @@ TYPES: dict[str, QuantType] = {
         QuantType("IQ1_S", FT.MOSTLY_IQ1_S, 1.56, "1-bit i-quant", needs_imatrix=True),
     )
 }
-DEFAULT_TYPE = "Q4_K_M"
 
 
 def get_type(name: str) -> QuantType:
