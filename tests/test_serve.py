@@ -328,8 +328,11 @@ def test_api_key_is_required(server: Server):
     for key in (None, "wrong"):
         status, body = server.request("GET", "/v1/models", key=key)
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
-    status, _ = server.request("GET", "/health", key=None)
-    assert status == 401
+    for path in ("/api/tags", "/api/ps"):  # Ollama's routes need it too
+        status, body = server.request("GET", path, key=None)
+        assert status == 401 and set(body) == {"error"}
+    status, body = server.request("GET", "/health", key=None)  # for load balancers
+    assert (status, body) == (200, {"status": "ok"})
     assert server.client().models.list().data
 
 

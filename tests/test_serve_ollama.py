@@ -150,6 +150,8 @@ def test_chat_answers_with_ollama_fields_and_nanosecond_timings(client) -> None:
     assert reply.done and reply.done_reason == "length"
     assert reply.eval_count == 8 and reply.prompt_eval_count > 10
     assert reply.total_duration >= reply.eval_duration > 0 and reply.prompt_eval_duration > 0
+    latest = client.generate(model="smollm2:latest", prompt=COUNT, raw=True, options=GREEDY)
+    assert latest.model == "smollm2:latest" and latest.response  # Ollama's default tag
 
 
 def test_streamed_generate_equals_the_whole_answer(client) -> None:

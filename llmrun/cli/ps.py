@@ -52,7 +52,10 @@ def processor(model: dict[str, Any]) -> str:
 
 @app.command("ps")
 def ps_command(host: HostOpt = None, json: JsonOpt = False) -> None:
-    """The models a running `llmrun serve` holds: size, where, context, when they unload."""
+    """The models a running `llmrun serve` holds: size, where, context, when they unload.
+
+    Examples: llmrun ps; llmrun ps --json | jq '.[].name'; LLMRUN_HOST=10.0.0.5:8080 llmrun ps
+    """
     models = remote.loaded_models(host)
     if json:
         print_json(models)
@@ -73,7 +76,10 @@ def ps_command(host: HostOpt = None, json: JsonOpt = False) -> None:
 
 @app.command("stop")
 def stop_command(model: StopModelArg, host: HostOpt = None, json: JsonOpt = False) -> None:
-    """Unload MODEL from a running `llmrun serve` once its requests are done."""
+    """Unload MODEL from a running `llmrun serve` once its requests are done.
+
+    Examples: llmrun stop gemma3:Q4_K_M; llmrun stop smollm2-135m --host 127.0.0.1:8000
+    """
     remote.stop(model, host)
     if json:
         print_json({"model": model, "stopped": True})

@@ -10,9 +10,9 @@ from llmrun.cli.common import app, err, note_cpu_only
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
-    ModelArg,
     NoPullOpt,
     SystemOpt,
+    complete_model,
     generation_options,
 )
 from llmrun.cli.output import progress_for_stderr
@@ -43,6 +43,16 @@ ReasoningOpt = Annotated[
         "--reasoning",
         help="Thinking models: auto (split <think> off as reasoning_content where the template "
         "thinks), on (always split), off (ask the template not to think).",
+    ),
+]
+ServeModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="MODEL",
+        autocompletion=complete_model,
+        help="A model to load at once (a .gguf path, name[:QUANT], an alias, org/repo[:QUANT]); "
+        "it answers requests that name no model. Default: none loaded until asked for.",
+        show_default=False,
     ),
 ]
 OnlyOpt = Annotated[
@@ -112,7 +122,8 @@ ApiKeyOpt = Annotated[
     typer.Option(
         "--api-key",
         envvar="LLMRUN_API_KEY",
-        help="Require Authorization: Bearer KEY on every request. [env: LLMRUN_API_KEY]",
+        help="Require Authorization: Bearer KEY on every request but /health's status. "
+        "[env: LLMRUN_API_KEY]",
         show_default=False,
         show_envvar=False,
     ),
@@ -122,7 +133,7 @@ ApiKeyOpt = Annotated[
 @app.command("serve")
 @generation_options()
 def serve_command(
-    model: ModelArg = None,
+    model: ServeModelArg = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     parallel: ParallelOpt = 4,

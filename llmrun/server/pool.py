@@ -220,6 +220,8 @@ class Pool:
             if self.default is not None:
                 return self.default
             name = ""
+        if name.lower().endswith(":latest"):  # Ollama's default tag: the model's default quant
+            name = name[: -len(":latest")]
         known = self._known.get(name)
         if known is not None and known.resolved.path.exists():
             return known
