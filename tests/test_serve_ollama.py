@@ -473,5 +473,7 @@ def test_think_splits_the_thinking_off_and_false_asks_for_none(
         assert not plain.thinking and plain.content
         made = client.generate(model="smollm2", prompt="Hi", think=True, options=ask["options"])
         assert made.thinking == thought.thinking
+        (held,) = client.ps().models  # MODEL: requests without keep_alive leave it for good
+        assert held.expires_at.year == 9999
     finally:
         assert stop_server(srv) == 0, srv.stderr.read_text()

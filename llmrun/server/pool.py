@@ -309,8 +309,11 @@ class Pool:
             if gpu_layers is not None:
                 load = replace(load, n_gpu_layers=gpu_layers)
             prepared = replace(prepared, load=load)
-        wanted_keep = self.settings.keep_alive if isinstance(keep_alive, Unset) else keep_alive
         key = prepared.resolved.path.resolve()
+        wanted_keep = keep_alive
+        if isinstance(keep_alive, Unset):  # serve's MODEL stays unless a request says otherwise
+            pinned = self.default is not None and self.default.resolved.path.resolve() == key
+            wanted_keep = None if pinned else self.settings.keep_alive
         started = time.monotonic()
         deadline = started + LOAD_WAIT
         async with self._cond:
