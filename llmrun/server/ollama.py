@@ -128,13 +128,7 @@ class Ask:
         )
 
 
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
-    return body
-
-
-def _model(body: dict[str, Any]) -> str | None:
+def requested_model(body: dict[str, Any]) -> str | None:
     """`model`, or the older `name`."""
     value = body.get("model") or body.get("name")
     return None if value is None else schemas.model_name(value)
@@ -202,7 +196,7 @@ def _think(gen: schemas.Generate, value: Any) -> None:
 
 
 def _common(body: dict[str, Any]) -> Ask:
-    ask = Ask(schemas.Generate(), model=_model(body), keep_alive=_keep_alive(body))
+    ask = Ask(schemas.Generate(), model=requested_model(body), keep_alive=_keep_alive(body))
     if body.get("stream") is not None:
         ask.stream = schemas.bool_field("stream", body["stream"])
     _options(body.get("options"), ask)
@@ -232,7 +226,7 @@ def _message(i: int, msg: Any) -> dict[str, Any]:
 
 
 def parse_chat(body: Any) -> Ask:
-    body = _object(body)
+    body = schemas.json_object(body)
     ask = _common(body)
     messages = body.get("messages") or []
     if not isinstance(messages, list):
@@ -244,7 +238,7 @@ def parse_chat(body: Any) -> Ask:
 
 
 def parse_generate(body: Any) -> Ask:
-    body = _object(body)
+    body = schemas.json_object(body)
     ask = _common(body)
     for name in ("prompt", "suffix", "system"):
         if body.get(name) is not None and not isinstance(body[name], str):
@@ -378,8 +372,8 @@ class Ollama:
 
     async def embed(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
-        body = _object(await read_json(request))
-        ask = Ask(schemas.Generate(), model=_model(body), keep_alive=_keep_alive(body))
+        body = schemas.json_object(await read_json(request))
+        ask = Ask(schemas.Generate(), model=requested_model(body), keep_alive=_keep_alive(body))
         _options(body.get("options"), ask)
         raw = body.get("input", [])
         inputs = [raw] if isinstance(raw, str) else raw
@@ -411,8 +405,8 @@ class Ollama:
 
     async def embeddings(self, request: Request) -> JSONResponse:
         """The older endpoint: one `prompt`, one `embedding`."""
-        body = _object(await read_json(request))
-        ask = Ask(schemas.Generate(), model=_model(body), keep_alive=_keep_alive(body))
+        body = schemas.json_object(await read_json(request))
+        ask = Ask(schemas.Generate(), model=requested_model(body), keep_alive=_keep_alive(body))
         _options(body.get("options"), ask)
         prompt = body.get("prompt") or ""
         if not isinstance(prompt, str):

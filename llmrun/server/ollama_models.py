@@ -30,7 +30,7 @@ from llmrun.errors import LlmrunError, ModelNotFound
 from llmrun.ggufinfo import GgufInfo, read_info
 from llmrun.options import Sampling
 from llmrun.server import schemas
-from llmrun.server.ollama import NDJSON, ndjson
+from llmrun.server.ollama import NDJSON, ndjson, requested_model
 from llmrun.server.openai_errors import ApiError, from_llmrun
 from llmrun.server.transport import ClosingStream, read_json
 
@@ -183,13 +183,10 @@ class OllamaModels:
         return JSONResponse({"models": await run_in_threadpool(models)})
 
     async def _named(self, request: Request) -> Prepared:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise bad("the request body must be a JSON object")
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name.strip():
+        name = requested_model(schemas.json_object(await read_json(request)))
+        if not name:
             raise bad("model is required", "model")
-        return await run_in_threadpool(self._servable, name.strip())
+        return await run_in_threadpool(self._servable, name)
 
     def _servable(self, name: str) -> Prepared:
         """A listed model by name: unlike a generation request, never the default instead."""
@@ -271,9 +268,7 @@ class OllamaModels:
         from llmrun import store
         from llmrun.registry import split_tag
 
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise bad("the request body must be a JSON object")
+        body = schemas.json_object(await read_json(request))
         source, dest = body.get("source"), body.get("destination")
         if not isinstance(source, str) or not isinstance(dest, str) or not dest.strip():
             raise bad("source and destination are required", "destination")
@@ -294,14 +289,12 @@ class OllamaModels:
         return Response(status_code=200)
 
     async def pull(self, request: Request) -> Response:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise bad("the request body must be a JSON object")
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name.strip():
+        body = schemas.json_object(await read_json(request))
+        name = requested_model(body)
+        if not name:
             raise bad("model is required", "model")
         stream = body.get("stream", True) is not False
-        lines = pull_lines(name.strip(), self.pool)
+        lines = pull_lines(name, self.pool)
         if stream:
             return ClosingStream(_as_lines(lines), on_close=lambda: None, media_type=NDJSON)
         last: dict[str, Any] = {}

@@ -99,7 +99,7 @@ def bad(message: str, param: str | None = None, code: str = "invalid_value") -> 
     return ApiError(400, message, param=param, code=code)
 
 
-def _object(body: Any) -> dict[str, Any]:
+def json_object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -193,7 +193,7 @@ def _generate(
     body: Any, allowed: frozenset[str], endpoint: str, setters: dict[str, Setter]
 ) -> Generate:
     req = Generate()
-    for name, value in _object(body).items():
+    for name, value in json_object(body).items():
         _check_field(name, value, allowed, endpoint)
         if value is None:  # OpenAI's null means "the default"
             continue
@@ -444,7 +444,7 @@ ENCODINGS = ("float", "base64")
 
 
 def parse_embeddings(body: Any) -> Embed:
-    for name, value in _object(body).items():
+    for name, value in json_object(body).items():
         _check_field(name, value, EMBED_FIELDS, "/v1/embeddings")
     if "input" not in body:
         raise bad("input is required", "input", "missing_required_parameter")
