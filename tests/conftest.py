@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,6 +161,29 @@ def add_stored(src: Path, name: str, quant: str, hash: bool = False, **manifest:
         dest, name=name, quant=quant, sha256=None if hash else "0" * 64, **manifest
     )
     return dest
+
+
+def rewrite_gguf(src: Path, out: Path, extra: dict[str, int] | None = None, **writer: Any) -> None:
+    """Write `src` again as `out`: every key (and `extra` uint32 keys) and every tensor;
+    `writer` goes to gguf.GGUFWriter (split_max_tensors=...)."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(out, reader.fields["general.architecture"].contents(), **writer)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue  # written by the writer itself
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    for key, value in (extra or {}).items():
+        w.add_uint32(key, value)
+    for t in reader.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def tree(path: Path) -> list[str]:

@@ -23,6 +23,7 @@ import pytest
 from llmrun import hub as hubmod
 from llmrun import repofiles, store
 from llmrun.errors import BadInput, HubError
+from tests.conftest import rewrite_gguf
 from tests.hubserver import HubServer
 
 GGUF = "hubtest/SmolLM2-135M-Instruct-GGUF"
@@ -560,21 +561,8 @@ def split_gguf(src: Path, out: Path) -> list[Path]:
     """Rewrite a GGUF as two parts, the way llama.cpp's gguf-split names them."""
     import gguf
 
-    reader = gguf.GGUFReader(src)
-    arch = reader.fields["general.architecture"].contents()
-    writer = gguf.GGUFWriter(out, arch, split_max_tensors=(len(reader.tensors) + 1) // 2)
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue  # written by the writer itself
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    tensors = len(gguf.GGUFReader(src).tensors)
+    rewrite_gguf(src, out, split_max_tensors=(tensors + 1) // 2)
     return sorted(out.parent.glob(f"{out.stem}-*.gguf"))
 
 

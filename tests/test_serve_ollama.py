@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import add_stored
+from tests.conftest import add_stored, rewrite_gguf
 from tests.hubserver import HubServer
 from tests.test_serve import KEY, Server, start_server, stop_server
 
@@ -39,24 +39,8 @@ COUNT = "1, 2, 3, 4, 5,"
 
 def with_fim_tokens(src: Path, out: Path) -> Path:
     """A copy of a GGUF whose metadata names fill-in-the-middle tokens."""
-    import gguf
-
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(out, reader.fields["general.architecture"].contents())
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue  # written by the writer itself
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-    for key, token in zip(("pre", "suf", "mid"), FIM_IDS, strict=True):
-        writer.add_uint32(f"tokenizer.ggml.fim_{key}_token_id", token)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    keys = [f"tokenizer.ggml.fim_{key}_token_id" for key in ("pre", "suf", "mid")]
+    rewrite_gguf(src, out, dict(zip(keys, FIM_IDS, strict=True)))
     return out
 
 
