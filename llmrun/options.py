@@ -10,6 +10,7 @@ Precedence: flag > models.toml entry > built-in default (llama.cpp's defaults).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -240,3 +241,15 @@ def check_load(load: Load) -> Load:
             )
         load = replace(load, flash_attn="on")
     return load
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_SIZE_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, where: str = "--max-memory") -> int:
+    """Bytes from "8G", "512MiB", "1.5g" or a plain number of bytes (K, M, G are binary)."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise BadOption(f"{where} must be a size such as 8G or 512M, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_SCALE[match.group(2).lower()])

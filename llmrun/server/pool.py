@@ -43,7 +43,6 @@ FOREVER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 
 
 def parse_keep_alive(value: Any, where: str = "keep_alive") -> float | None:
@@ -71,15 +70,6 @@ def parse_keep_alive(value: Any, where: str = "keep_alive") -> float | None:
             seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
         return None if negative and seconds else seconds
     raise BadOption(f"{where} must be a duration such as 5m, 30s or -1, got {value!r}")
-
-
-def parse_size(text: str, where: str = "--max-memory") -> int:
-    """Bytes from "8G", "512MiB", "1.5g" or a plain number of bytes."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise BadOption(f"{where} must be a size such as 8G or 512M, got {text!r}")
-    scale = {"": 1, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
 
 
 def show_bytes(n: int) -> str:

@@ -23,11 +23,12 @@ import uvicorn
 from llmrun.engine import rpc
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.generation import Prepared, prepare
+from llmrun.options import parse_size
 from llmrun.server import INSTALL_HINT
 from llmrun.server.app import create_app
 from llmrun.server.observe import LOG_FORMATS
 from llmrun.server.openai_errors import ApiError
-from llmrun.server.pool import Pool, Settings, listed, parse_keep_alive, parse_size
+from llmrun.server.pool import Pool, Settings, listed, parse_keep_alive
 from llmrun.templates.plan import REASONING_MODES
 from llmrun.templates.render import Template, read_template_file
 
