@@ -98,11 +98,13 @@ def repo_store_name(repo: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
+def atomic_write(path: Path, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it becomes `path` at once.
 
     The caller writes the temporary file however it likes. On leaving the block
-    the file is flushed to disk and renamed over `path`; on an error it is removed.
+    the file is flushed to disk (unless not `durable`: for files that check
+    themselves, such as the prompt cache's) and renamed over `path`; on an error
+    it is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +113,12 @@ def atomic_write(path: Path) -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise StoreError(f"nothing was written to {path}")
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with tmp.open("rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -123,6 +127,11 @@ def atomic_write(path: Path) -> Iterator[Path]:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is an atomic write's temporary file (finished, or left by a dead process)."""
+    return _TMP_MARK in path.name
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -408,7 +417,7 @@ def list_models() -> list[StoredModel]:
     found: list[StoredModel] = []
     for folder in folders:
         for path in sorted(folder.glob("*.gguf")):
-            if path.name.startswith(".") or _TMP_MARK in path.name:
+            if path.name.startswith(".") or is_temporary(path):
                 continue  # a write in progress, or one that died
             if _LATER_PART.search(path.name):
                 continue
