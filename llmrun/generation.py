@@ -20,8 +20,17 @@ from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramD
 from llmrun.errors import BadInput, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.grammar import SchemaProblem, schema_grammar
-from llmrun.options import Load, Sampling, check_load, check_param, parse_gpu_layers, parse_rpc
-from llmrun.prompt import raw_tokens
+from llmrun.options import (
+    Load,
+    Sampling,
+    check_load,
+    check_param,
+    parse_gpu_layers,
+    parse_rpc,
+    parse_size,
+)
+from llmrun.prompt import prefix_points, raw_text, raw_tokens
+from llmrun.promptcache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE, PromptCache
 from llmrun.resolve import ResolvedModel, resolve_model
 from llmrun.templates.calls import Parsed
 from llmrun.templates.plan import REASONING_MODES, Tools, check_tools, plan_chat
@@ -171,6 +180,13 @@ class Generation:
         return self.model.stats
 
 
+def prompt_cache(cache_min: int, cache_size: str) -> PromptCache:
+    """The prompt cache as --cache-min and --cache-size say, checked before anything loads."""
+    if cache_min < 1:
+        raise BadOption(f"--cache-min must be at least 1, got {cache_min}")
+    return PromptCache(min_tokens=cache_min, max_bytes=parse_size(cache_size, "--cache-size"))
+
+
 def read_tools(path: Path) -> list[dict[str, Any]]:
     """A --tools FILE: a JSON list of OpenAI tool definitions, checked."""
     try:
@@ -211,6 +227,9 @@ def run(
     tools: Path | None = None,
     tool_choice: str = "auto",
     think: str = "auto",
+    no_cache: bool = False,
+    cache_min: int = DEFAULT_MIN_TOKENS,
+    cache_size: str = DEFAULT_SIZE,
     **options: Any,
 ) -> Generation:
     """Generate an answer to `prompt`; see `prepare` for the options.
@@ -218,8 +237,11 @@ def run(
     `draft="ngram"` or `draft_model=MODEL` turn on speculative decoding; the
     answer is the same, sooner. `chat_template` (a file) replaces the model's;
     `tools` (a file of OpenAI tool definitions) lets the model call them, as
-    `tool_choice` says; `think` is auto, on or off (see README).
+    `tool_choice` says; `think` is auto, on or off (see README). The prompt cache
+    (llmrun.promptcache) keeps prefixes of at least `cache_min` tokens, up to
+    `cache_size` in all, unless `no_cache`.
     """
+    cache = None if no_cache else prompt_cache(cache_min, cache_size)
     grammar: str | Grammar | None = grammar_for(format, json_schema, grammar_file)
     if draft is not None and draft not in DRAFT_KINDS:
         raise BadOption(f"--draft must be one of {', '.join(DRAFT_KINDS)}, got {draft!r}")
@@ -235,6 +257,8 @@ def run(
     if raw:
         text = ""
         tokens = raw_tokens(engine, prompt, system=prepared.system)
+        whole = raw_text(prompt, system=prepared.system)
+        points = prefix_points(engine, tokens, whole, prompt, parse_special=False)
     else:
         template = ChatTemplate(engine, chat_template, source=template_source)
         plan = plan_chat(
@@ -247,12 +271,18 @@ def run(
         text, reader = plan.prompt, plan.reader
         tokens = engine.tokenize(text, add_special=True, parse_special=True)
         grammar = plan.grammar or grammar
+        points = prefix_points(engine, tokens, text, prompt)
     engine.check_fits(len(tokens))
     drafter: Drafter | None = NgramDrafter() if draft == "ngram" else None
     if draft_path is not None:
         drafter = ModelDrafter(load_model(draft_path, prepared.load), engine)
     pieces = engine.generate(
-        tokens, prepared.sampling, grammar=grammar, drafter=drafter, special=reader.active
+        tokens,
+        prepared.sampling,
+        grammar=grammar,
+        drafter=drafter,
+        special=reader.active,
+        store=cache.for_prompt(points) if cache else None,
     )
     answer = Generation(engine, pieces, reader)
     answer.prompt = text or engine.detokenize(tokens, special=True)

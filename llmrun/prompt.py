@@ -30,7 +30,44 @@ def chat_tokens(
     return model.tokenize(text, add_special=True, parse_special=True)
 
 
+def raw_text(prompt: str, *, system: str | None = None) -> str:
+    """A raw prompt: `system`, a blank line, then the prompt as is."""
+    return f"{system}\n\n{prompt}" if system else prompt
+
+
 def raw_tokens(model: Model, prompt: str, *, system: str | None = None) -> list[int]:
     """The prompt as is (after `system` and a blank line); special-token text stays text."""
-    text = f"{system}\n\n{prompt}" if system else prompt
-    return model.tokenize(text, add_special=True, parse_special=False)
+    return model.tokenize(raw_text(prompt, system=system), add_special=True, parse_special=False)
+
+
+def last_part(prompt: str) -> int:
+    """Where the prompt's last part starts: after its last blank line, 0 for a single part.
+
+    `llmrun run` joins piped stdin and the prompt words with a blank line, so for
+    `cat few-shot.txt | llmrun run "$question"` the last part is the question.
+    """
+    cut = prompt.rfind("\n\n")
+    return cut + 2 if cut >= 0 else 0
+
+
+def prefix_points(
+    model: Model, tokens: list[int], text: str, prompt: str, *, parse_special: bool = True
+) -> list[int]:
+    """Token counts of the prefixes of a prompt worth keeping in the prompt cache.
+
+    `text` is the whole prompt as the model gets it (`tokens`), `prompt` the user's last
+    message within it: the prefixes end where that message starts (the system prompt and
+    earlier turns) and where its last part starts. Each is measured in the prompt's own
+    tokens, up to where tokenizing the prefix alone would start to differ.
+    """
+    start = text.rfind(prompt)
+    if start < 0:  # the template changed the message's text: no place to cut
+        return []
+    points = []
+    for cut in sorted({start, start + last_part(prompt)} - {0}):
+        head = model.tokenize(text[:cut], add_special=True, parse_special=parse_special)
+        n, limit = 0, min(len(head), len(tokens))
+        while n < limit and head[n] == tokens[n]:
+            n += 1
+        points.append(n)
+    return points

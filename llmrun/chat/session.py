@@ -18,12 +18,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmrun import store
 from llmrun.engine import Model, Stats
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
+from llmrun.prompt import prefix_points
 from llmrun.templates.reasoning import prompt_opens_thinking, template_thinks
 from llmrun.templates.render import ChatTemplate, Message
 from llmrun.templates.stream import AnswerReader, AnswerStream, Delta
@@ -32,6 +33,9 @@ SAVE_FORMAT = 1
 DEFAULT_RESERVE = 512  # tokens kept free for a reply when -n sets no limit
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ROLES = ("user", "assistant")
+
+if TYPE_CHECKING:
+    from llmrun.promptcache import PromptCache
 
 
 def chats_dir() -> Path:
@@ -101,9 +105,10 @@ class ChatSession:
         name: str | None = None,
         template: ChatTemplate | None = None,
         think: str = "auto",
+        cache: PromptCache | None = None,
     ) -> None:
         """`think`: auto (split a thinking template's <think> off), on, or off (ask the
-        template not to think)."""
+        template not to think). `cache`: the prompt cache, for the first turn's prefix."""
         self.model = model
         self.name = name or model.path.stem
         self.sampling = sampling or Sampling()
@@ -112,6 +117,7 @@ class ChatSession:
         self.template_kwargs = {"enable_thinking": False} if think == "off" else {}
         self.thinking = think == "on" or (think == "auto" and template_thinks(self.template.source))
         self.messages: list[Message] = []
+        self.cache = cache
         self.start = 0  # messages before this index have left the window to fit the context
         self.last: Reply | None = None
         # What the engine saw last: the prompt's text and tokens, then the reply's tokens.
@@ -216,7 +222,11 @@ class ChatSession:
         return reply
 
     def _stream(self, reply: Reply, tokens: list[int]) -> Iterator[Delta]:
-        stream = self.model.generate(tokens, self.sampling)
+        prefixes = None
+        if self.cache is not None and not self.model.n_cached:  # the first turn, or after /clear
+            text, user = self._base[0], self.messages[-2]["content"]
+            prefixes = self.cache.for_prompt(prefix_points(self.model, tokens, text, user))
+        stream = self.model.generate(tokens, self.sampling, store=prefixes)
         reader = AnswerReader(
             thinking=self.thinking,
             opened=self.thinking and prompt_opens_thinking(self._base[0]),

@@ -13,10 +13,13 @@ import typer
 
 from llmrun.cli.common import app, err, note_cpu_only, print_error, quiet_stderr
 from llmrun.cli.flags import (
+    CacheMinOpt,
+    CacheSizeOpt,
     ChatTemplateOpt,
     GenerationOptions,
     HideThinkingOpt,
     ModelArg,
+    NoCacheOpt,
     NoPullOpt,
     QuietOpt,
     SystemOpt,
@@ -25,6 +28,7 @@ from llmrun.cli.flags import (
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput
+from llmrun.promptcache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE
 
 MarkdownOpt = Annotated[
     bool, typer.Option("--markdown", help="Render each finished reply as Markdown.")
@@ -49,13 +53,16 @@ def chat_command(
     think: ThinkOpt = "auto",
     hide_thinking: HideThinkingOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
+    no_cache: NoCacheOpt = False,
+    cache_min: CacheMinOpt = DEFAULT_MIN_TOKENS,
+    cache_size: CacheSizeOpt = DEFAULT_SIZE,
     no_pull: NoPullOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Chat with a model: slash commands (/help), history, Ctrl-C stops a reply.
 
     When stdin is not a terminal, each line is a message (all of stdin with --batch) and only
-    the replies are printed.
+    the replies are printed. The first turn's system prompt is kept in the prompt cache.
     Examples: llmrun chat
     echo "Why is the sky blue?" | llmrun chat smollm2-135m --temp 0
     """
@@ -68,6 +75,7 @@ def chat_command(
 
     quiet_stderr(quiet, options.verbose)
     generation.check_choices(think, "auto", [])
+    cache = None if no_cache else generation.prompt_cache(cache_min, cache_size)
     source = read_template_file(chat_template) if chat_template else None
     prepared = generation.prepare(
         model,
@@ -92,6 +100,7 @@ def chat_command(
         name=prepared.resolved.name,
         template=ChatTemplate(engine, chat_template, source=source),
         think=think,
+        cache=cache,
     )
     term = Terminal(err, print_error, print_stats)
     if interactive:

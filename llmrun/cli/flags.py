@@ -318,6 +318,25 @@ QuietOpt = Annotated[
     typer.Option("-q", "--quiet", help="Nothing on stderr but errors: no progress, no notes."),
 ]
 
+# The prompt cache (run, chat).
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Do not use or fill the prompt cache (see `llmrun cache`)."),
+]
+CacheMinOpt = Annotated[
+    int,
+    typer.Option(
+        "--cache-min", metavar="N", help="Keep prompt prefixes of at least N tokens in the cache."
+    ),
+]
+CacheSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--cache-size",
+        metavar="SIZE",
+        help="Most disk the prompt cache takes (2GiB, 500M); least recently used go first.",
+    ),
+]
 # For the commands that pull a missing model first (run, chat).
 NoPullOpt = Annotated[
     bool, typer.Option("--no-pull", help="Never download: use only models already here.")

@@ -66,7 +66,9 @@ def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
 def print_stats(stats: Stats) -> None:
     err.print(
         f"load {stats.load_seconds:.2f} s | "
-        f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s | "
+        f"prompt {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens/s"
+        + (f" ({stats.restored_tokens} from the prompt cache)" if stats.restored_tokens else "")
+        + " | "
         f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s"
         + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else ""),
         style="dim",

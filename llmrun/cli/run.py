@@ -13,6 +13,8 @@ import typer
 from llmrun.cli.batch import BatchOpt, BatchParallelOpt, OutputOpt, batch_command
 from llmrun.cli.common import app, err, note_cpu_only, quiet_stderr
 from llmrun.cli.flags import (
+    CacheMinOpt,
+    CacheSizeOpt,
     ChatTemplateOpt,
     DraftModelOpt,
     DraftOpt,
@@ -21,6 +23,7 @@ from llmrun.cli.flags import (
     GrammarFileOpt,
     HideThinkingOpt,
     JsonSchemaOpt,
+    NoCacheOpt,
     NoPullOpt,
     QuietOpt,
     RawOpt,
@@ -34,6 +37,7 @@ from llmrun.cli.flags import (
 )
 from llmrun.cli.output import print_stats, progress_for_stderr
 from llmrun.errors import BadInput, BadModelFile, ModelNotFound
+from llmrun.promptcache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE
 from llmrun.resolve import resolve_model
 
 if TYPE_CHECKING:
@@ -163,6 +167,9 @@ def run_command(
     think: ThinkOpt = "auto",
     hide_thinking: HideThinkingOpt = False,
     verbose_prompt: VerbosePromptOpt = False,
+    no_cache: NoCacheOpt = False,
+    cache_min: CacheMinOpt = DEFAULT_MIN_TOKENS,
+    cache_size: CacheSizeOpt = DEFAULT_SIZE,
     no_pull: NoPullOpt = False,
     quiet: QuietOpt = False,
     batch: BatchOpt = None,
@@ -171,8 +178,11 @@ def run_command(
 ) -> None:
     """One-shot generation; piped stdin is prepended to the prompt; the answer goes to stdout.
 
+    Long prompt prefixes (the system prompt, piped text before the words) are cached on disk.
+    The next run with the same prefix evaluates only the rest (see `llmrun cache`).
     Examples: llmrun run "Why is the sky blue?"
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
+    for f in *.txt; do llmrun run --system "$(cat rubric.md)" < "$f"; done
     """
     from llmrun import generation  # loads llama.cpp: only when the command runs
 
@@ -208,6 +218,9 @@ def run_command(
         tools=tools,
         tool_choice=tool_choice,
         think=think,
+        no_cache=no_cache,
+        cache_min=cache_min,
+        cache_size=cache_size,
         **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import llama_cpp
 import numpy as np
@@ -63,7 +64,8 @@ class Stats:
 
     load_seconds: float = 0.0
     prompt_tokens: int = 0  # tokens evaluated for the prompt (after KV reuse)
-    reused_tokens: int = 0  # prompt tokens found already in the KV cache
+    reused_tokens: int = 0  # prompt tokens found already in the KV cache (disk cache included)
+    restored_tokens: int = 0  # of those, how many the prompt cache on disk gave back
     prompt_seconds: float = 0.0
     gen_tokens: int = 0
     gen_seconds: float = 0.0
@@ -79,6 +81,23 @@ class Stats:
     @property
     def gen_tps(self) -> float:
         return self.gen_tokens / self.gen_seconds if self.gen_seconds else 0.0
+
+
+class PrefixStore(Protocol):
+    """Somewhere to keep the KV state of prompt prefixes between runs (llmrun.promptcache)."""
+
+    def restore(self, model: Model, tokens: list[int]) -> int:
+        """Put the longest stored prefix of `tokens` into the context, when it is longer than
+        what the context holds already; the tokens restored (0: none)."""
+        ...
+
+    def checkpoints(self, tokens: list[int]) -> Sequence[int]:
+        """The prefix lengths of `tokens` worth storing, ascending."""
+        ...
+
+    def save(self, model: Model) -> None:
+        """Store what the model's context holds now (one of the checkpoints)."""
+        ...
 
 
 def extra_buffers_safe() -> bool:
@@ -338,20 +357,52 @@ class Model:
         llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1)
         del self._cached[keep:]
 
-    def prefill(self, tokens: list[int]) -> int:
-        """Make the context hold exactly `tokens`, evaluating only what is not cached yet.
-
-        Returns how many tokens were reused. At least the last token is always
-        evaluated, since sampling needs its logits.
-        """
+    def common_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens` the context holds already, leaving at least the last one out."""
         common = 0
         limit = min(len(self._cached), len(tokens) - 1)
         while common < limit and self._cached[common] == tokens[common]:
             common += 1
+        return common
+
+    def prefill(self, tokens: list[int], store: PrefixStore | None = None) -> int:
+        """Make the context hold exactly `tokens`, evaluating only what is not cached yet.
+
+        Returns how many tokens were reused. At least the last token is always
+        evaluated, since sampling needs its logits. With a `store`, evaluation stops
+        at each of its checkpoints for it to save the prefix, so that a later run
+        restoring one evaluates the rest in the same batches as this one.
+        """
+        common = self.common_prefix(tokens)
         if common < len(self._cached):
             self.truncate(common)
-        self.decode(tokens[common:])
+        for point in store.checkpoints(tokens) if store is not None else ():
+            if common < point < len(tokens):
+                self.decode(tokens[len(self._cached) : point])
+                store.save(self)
+        self.decode(tokens[len(self._cached) :])
         return common
+
+    def state(self) -> memoryview:
+        """The KV state of sequence 0 (what `cached_tokens` stands for), as bytes."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        return memoryview(buf).cast("B")[:n]
+
+    def set_state(self, tokens: list[int], data: bytearray) -> bool:
+        """Put back a `state()` that held `tokens`; False (and an empty context) if it fails."""
+        self.reset()
+        if not data:
+            return False
+        src = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = llama_cpp.llama_state_seq_set_data(self._ctx, src, len(data), 0)
+        held = llama_cpp.llama_memory_seq_pos_max(self._memory, 0) + 1
+        if read != len(data) or held != len(tokens):
+            self.reset()
+            return False
+        self._cached = list(tokens)
+        return True
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Next-token logits after every position of `tokens`, as a (len, n_vocab) array.
@@ -393,10 +444,13 @@ class Model:
         drafter: Drafter | None = None,
         n_draft: int = 8,
         special: bool = False,
+        store: PrefixStore | None = None,
     ) -> Iterator[str]:
         """Evaluate the prompt tokens, then yield text as it is generated.
 
         `special`: special tokens are written as their text (a tool call's markers).
+        `store`: a prompt cache that gives back a stored prefix of the prompt and keeps
+        the prefixes it wants (see PrefixStore).
 
         With a drafter, guessed tokens are verified in batches (speculative
         decoding); what is yielded is the same as without one. The drafter is
@@ -413,7 +467,9 @@ class Model:
         started = time.perf_counter()
         sampler = build_sampler(self, sampling, grammar)
         try:
-            stats.reused_tokens = self.prefill(tokens)
+            if store is not None:
+                stats.restored_tokens = store.restore(self, tokens)
+            stats.reused_tokens = self.prefill(tokens, store)
             stats.prompt_tokens = len(tokens) - stats.reused_tokens
             stats.prompt_seconds = time.perf_counter() - started
             yield from self._decode_loop(
