@@ -56,7 +56,7 @@ def tokens_hash(tokens: Sequence[int]) -> str:
 
 def model_identity(model: Model) -> dict[str, Any]:
     """What must match for a stored state to be valid in this context."""
-    import llama_cpp
+    from llmrun.engine.system import build_id
 
     path = Path(model.path).resolve()
     stat = path.stat()
@@ -72,7 +72,7 @@ def model_identity(model: Model) -> dict[str, Any]:
         "flash_attn": load.flash_attn,
         "n_gpu_layers": model.plan.n_gpu_layers,
         "rpc": list(load.rpc),
-        "llama_cpp": llama_cpp.__version__,
+        "llama_cpp": build_id(),
     }
 
 

@@ -14,10 +14,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import llama_cpp
-import numpy as np
 
 from llmrun.engine import logs, rpc, system
 from llmrun.engine.offload import (
@@ -35,6 +34,9 @@ from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
 from llmrun.options import DEFAULT_CTX, Load, Sampling, default_threads
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CACHE_TYPE_IDS = {
     "f32": llama_cpp.GGML_TYPE_F32,
@@ -410,6 +412,8 @@ class Model:
         For evaluation (perplexity, KL divergence): the context is cleared first
         and the tokens must fit in it.
         """
+        import numpy as np  # here: a one-shot run never needs it
+
         self.check_fits(len(tokens))
         self.reset()
         out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)

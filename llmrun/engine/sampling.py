@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import llama_cpp
-import numpy as np
 
 from llmrun.errors import BadOption
 from llmrun.options import Sampling
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from llmrun.engine.model import Model
 
 PENALTY_LAST_N = 64  # llama.cpp's default window for --repeat-penalty
@@ -107,7 +108,8 @@ def _chain(model: Model, sampling: Sampling) -> llama_cpp.llama_sampler_p:
     return chain
 
 
-_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+# llama_token_data, as numpy fields (numpy is imported only when a grammar refuses a draw).
+TOKEN_DATA_FIELDS = [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")]
 
 
 class Sampler:
@@ -148,8 +150,10 @@ class Sampler:
 
     def _constrained(self, ctx: llama_cpp.llama_context_p, i: int) -> int:
         """Every candidate through the grammar, then the chain's draw among those left."""
+        import numpy as np
+
         if self._all is None:
-            self._all = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+            self._all = np.zeros(self.n_vocab, dtype=np.dtype(TOKEN_DATA_FIELDS))
         cand = self._all
         cand["id"] = np.arange(self.n_vocab, dtype=np.int32)
         raw = llama_cpp.llama_get_logits_ith(ctx, i)

@@ -136,6 +136,12 @@ def backends() -> list[str]:
     return [n for i in range(count()) if (n := _text(name(get(i))))]
 
 
+def build_id() -> str:
+    """Which llama.cpp build this is ("0.9.4 abc1234"), from ggml itself: no package metadata."""
+    version, commit = bind("ggml_version"), bind("ggml_commit")
+    return " ".join(t for t in (_text(f()) if f else None for f in (version, commit)) if t)
+
+
 def system_info() -> dict[str, Any]:
     """Everything `llmrun info` shows, as plain JSON-ready values."""
     # A GPU backend logs while it starts; keep that off the terminal.
