@@ -1,8 +1,8 @@
 """Metavars in --help as people expect them: N, TEXT, FILE; flags with none.
 
-Typer (0.26 and later) labels each parameter with its Python type: `<int>`, `<str>`,
-`<list[str]>`, and `<bool>` on flags that take no value. Its parameters all share one
-`display_type`, so it is replaced here, once, for every command (serve and ps included).
+Typer 0.28 (the one pyproject allows) labels each parameter with its Python type: `<int>`,
+`<str>`, `<boolean>` on flags that take no value, `<model>` on arguments. Its help is
+made through click's metavar methods, wrapped here once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ METAVARS: dict[str, str | None] = {
     "dir": "DIR",
     "datetime": "DATETIME",
     "bool": None,
+    "boolean": None,
+    "filename": "FILE",
 }
 LABEL = re.compile(r"^<(?:list\[)?(.*?)\]?>$")
 
@@ -45,38 +47,55 @@ def metavar(label: str | None, is_flag: bool = True) -> str | None:
     return inner.upper()
 
 
+_installed: list[bool] = []
+
+
 def install() -> None:
-    """Replace typer's `display_type` (when this typer has one) by one that calls `metavar`."""
-    base: Any = getattr(typer.core, "_TyperParameter", None)
-    original = getattr(base, "display_type", None)
-    if original is None or getattr(original, "_llmrun", False):
+    """Route typer's labels through `metavar`, once, for every command (serve and ps included).
+
+    Options' labels come from click's `Parameter.make_metavar` (typer carries its own copy
+    of click); the rich help labels an argument `<type>` unless its type has a metavar.
+    """
+    if _installed:
         return
+    _installed.append(True)
+    from typer import _click
 
-    def display_type(self: Any, ctx: Any) -> str | None:
-        if isinstance(self, typer.core.TyperArgument) and self.metavar is not None:
-            return None  # the argument's own metavar already says it ("[MODEL] [PROMPT]...")
-        shown = metavar(original(self, ctx), is_flag=bool(getattr(self, "is_flag", True)))
-        if isinstance(self, typer.core.TyperArgument) and shown == "TEXT":
-            return None  # MODEL says more than MODEL TEXT
-        return shown
+    make: Any = _click.core.Parameter.make_metavar
 
-    display_type._llmrun = True  # type: ignore[attr-defined]
-    base.display_type = display_type
+    def make_metavar(self: Any, ctx: Any, **kwargs: Any) -> str:
+        label = make(self, ctx, **kwargs)
+        if self.metavar is not None or label.endswith("..."):
+            return label
+        return metavar(label, is_flag=bool(getattr(self, "is_flag", False))) or ""
 
-    # Arguments by their metavar in capitals (MODEL, not model), and a required one bare
-    # (`llmrun rm MODEL`, not `{model}`), as man pages and click write them.
+    _click.core.Parameter.make_metavar = make_metavar
+    param_type: Any = _click.types.ParamType
+    get_metavar = param_type.get_metavar
+
+    def type_metavar(self: Any, param: Any, ctx: Any) -> str | None:
+        if isinstance(param, typer.core.TyperArgument):
+            return ""  # the argument's name (MODEL) says it
+        return get_metavar(self, param, ctx)
+
+    param_type.get_metavar = type_metavar
+
+    # Arguments by their name in capitals (MODEL, not model), and a required one bare
+    # (`llmrun rm MODEL`, not `{model}`), as man pages and click write them: a metavar of
+    # its name (what the rich help shows), braces dropped.
     argument: Any = typer.core.TyperArgument
-    name_raw = getattr(argument, "display_name_raw", None)
-    if isinstance(name_raw, property) and name_raw.fget is not None:
-        get_name = name_raw.fget
-        argument.display_name_raw = property(
-            lambda self: get_name(self) if self.metavar is not None else self.name.upper()
-        )
-    usage_name = getattr(argument, "_usage_display_name", None)
-    if usage_name is not None:
+    init, make_argument = argument.__init__, argument.make_metavar
 
-        def _usage_display_name(self: Any) -> str:
-            name = usage_name(self)
-            return name[1:-1] if name.startswith("{") and name.endswith("}") else name
+    def argument_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if self.metavar is None and self.name:
+            self.metavar = self.name.upper()
 
-        argument._usage_display_name = _usage_display_name
+    def argument_metavar(self: Any, ctx: Any, **kwargs: Any) -> str:
+        label = make_argument(self, ctx, **kwargs)
+        if label.startswith("{") and label.endswith("}"):
+            label = label[1:-1]
+        return label if self.nargs == 1 or label.endswith("...") else label + "..."
+
+    argument.__init__ = argument_init
+    argument.make_metavar = argument_metavar
