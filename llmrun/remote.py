@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 from llmrun.errors import BadInput, LlmrunError, ModelNotFound
@@ -32,6 +30,9 @@ def request(path: str, body: dict[str, Any] | None = None, host: str | None = No
     key = os.environ.get("LLMRUN_API_KEY")
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    import urllib.error  # here: only `ps` and friends talk to a server
+    import urllib.request
+
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
     try:

@@ -9,7 +9,6 @@ No MODEL: the registry's default when it is here, else the demo model that the
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ class ResolvedModel:
 
 def demo_gguf() -> Path | None:
     """The demo package's GGUF file, or None when the package is not installed."""
+    import importlib.metadata  # here: 25 ms that a run naming its model does not pay
+
     try:
         files = importlib.metadata.files(DEMO_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError:

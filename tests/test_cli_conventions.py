@@ -60,6 +60,19 @@ def test_version_imports_nothing_heavy() -> None:
     assert heavy == [], f"`llmrun --version` imports {heavy}"
 
 
+def test_raw_run_imports_only_the_engine(smollm2: Path) -> None:
+    """A one-shot `run --raw` (a pipeline's loop) loads llama.cpp's bindings and nothing else.
+
+    Not llama-cpp-python's high-level package, gguf-py's reader, numpy, Jinja, rich, pydantic
+    or the Hub client: each is start-up time for code this command never calls.
+    """
+    names = imported_by("run", str(smollm2), "Hi", "--raw", "-n", "1", "--no-cache")
+    assert "llmrun.engine.model" in names  # the engine did load
+    unwanted = ("llama_cpp.llama", "gguf.gguf_reader", "numpy", "jinja2", "rich", "pydantic")
+    unwanted += ("huggingface_hub", "jsonschema", "click")
+    assert sorted(set(unwanted) & names) == []
+
+
 def command_helps() -> dict[str, str]:
     """Every registered command's --help (and the app's), as a person sees it."""
     import typer.main

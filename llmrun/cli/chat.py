@@ -102,7 +102,7 @@ def chat_command(
         think=think,
         cache=cache,
     )
-    term = Terminal(err, print_error, print_stats)
+    term = Terminal(err.console, print_error, print_stats)
     if interactive:
         Repl(
             session, term, markdown=markdown, verbose=options.verbose, hide_thinking=hide_thinking

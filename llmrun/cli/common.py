@@ -6,15 +6,17 @@ The options the commands share are declared once in `llmrun.cli.flags`.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from llmrun.cli import helpformat
 from llmrun.options import parse_gpu_layers
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 helpformat.install()
 
@@ -27,9 +29,54 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Everything that is not a result goes to stderr. Rich drops colour when stderr
-# is not a terminal and honours NO_COLOR.
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+# What makes rich treat stderr as a terminal when it is not one (rich's Console reads them).
+TERMINAL_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+class StderrConsole:
+    """The stderr console: rich's Console, made when something is printed.
+
+    rich costs 45 ms to import, a tenth of a one-shot `llmrun run` that prints nothing on
+    stderr. `quiet` (-q) may be set before the console exists; `is_terminal` answers without
+    rich unless the environment asks rich to decide. Everything else is the Console's.
+    """
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+        self._quiet = False
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            # Rich drops colour when stderr is not a terminal and honours NO_COLOR.
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+            self._console.quiet = self._quiet
+        return self._console
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet if self._console is None else self._console.quiet
+
+    @quiet.setter
+    def quiet(self, value: bool) -> None:
+        self._quiet = value
+        if self._console is not None:
+            self._console.quiet = value
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._console is None and not any(k in os.environ for k in TERMINAL_ENV):
+            return sys.stderr.isatty()
+        return self.console.is_terminal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+# Everything that is not a result goes to stderr.
+err = StderrConsole()
 
 
 def quiet_stderr(quiet: bool, verbose: bool = False) -> None:
@@ -42,6 +89,8 @@ def quiet_stderr(quiet: bool, verbose: bool = False) -> None:
 
 
 def print_error(message: str, remedy: str | None = None) -> None:
+    from rich.markup import escape
+
     text = f"{message}; {remedy}" if remedy else message
     quiet, err.quiet = err.quiet, False  # -q silences the chatter, never the error
     try:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import rich.progress as bars
 import typer
 
 from llmrun.cli.common import app, err, note_cpu_only, print_json
@@ -89,6 +88,8 @@ def _bar() -> Iterator[Progress | None]:
     if not err.is_terminal:
         yield None
         return
+    import rich.progress as bars
+
     columns = (
         bars.TextColumn("eval"),
         bars.BarColumn(),
@@ -96,7 +97,7 @@ def _bar() -> Iterator[Progress | None]:
         bars.TextColumn("chunks"),
         bars.TimeRemainingColumn(),
     )
-    with bars.Progress(*columns, console=err, transient=True) as bar:
+    with bars.Progress(*columns, console=err.console, transient=True) as bar:
         task = bar.add_task("eval", total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

@@ -9,22 +9,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
-
 from llmrun.cli.common import err
 
+# rich's tables and bars are imported where they are drawn: a piped run draws none.
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from llmrun.engine import Stats
     from llmrun.hub import RemoteFile
 
@@ -43,6 +33,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A table on stdout: rich at a terminal, plain aligned columns when piped."""
     cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
     if sys.stdout.isatty():
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(box=box.SIMPLE_HEAD, header_style="bold")
         for i, header in enumerate(headers):  # only the last column may wrap
             table.add_column(header, no_wrap=i < len(headers) - 1)
@@ -95,13 +89,22 @@ class DownloadBars(DownloadNotes):
     """One bar per file and one for the total: bytes, speed, time left."""
 
     def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._bars = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=err,
+            console=err.console,
         )
         self._tasks: dict[str, TaskID] = {}
         self._total: TaskID | None = None

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from typer.core import TyperCommand
 
 from llmrun.cli.common import app, err, quiet_stderr
@@ -24,6 +15,9 @@ from llmrun.cli.output import human_size
 from llmrun.errors import BadInput
 from llmrun.quantize import DEFAULT_TYPE
 from llmrun.quantize import progress as qprogress
+
+if TYPE_CHECKING:  # rich's bars are imported when drawn: every other command loads this module
+    from rich.progress import Progress, TaskID
 
 QuantizeModelArg = Annotated[
     str | None,
@@ -82,19 +76,29 @@ class QuantizeBars(QuantizeNotes):
         (self._bars.console if self._bars else err).print(text, markup=False, style="yellow")
 
     def stage(self, text: str) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         self.end()
         self._bars = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}", markup=False),
             TextColumn("{task.fields[where]}", markup=False),
             TimeElapsedColumn(),
-            console=err,
+            console=err.console,
             transient=True,
         )
         self._task = self._bars.add_task(text, total=None, where="")
         self._bars.start()
 
     def start(self, tensors: int, nbytes: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         description = self._bars.tasks[0].description if self._bars else "converting"
         self.end()
         self._bars = Progress(
@@ -103,7 +107,7 @@ class QuantizeBars(QuantizeNotes):
             TextColumn("{task.fields[done]}/{task.fields[of]} tensors"),
             DownloadColumn(),
             TimeElapsedColumn(),
-            console=err,
+            console=err.console,
             transient=True,
         )
         self._task = self._bars.add_task(description, total=nbytes, done=0, of=tensors)

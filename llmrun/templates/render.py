@@ -17,13 +17,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import SandboxedEnvironment
-
 from llmrun.errors import BadInput
 
 if TYPE_CHECKING:
+    import jinja2
+
     from llmrun.engine.model import Model
 
 Message = dict[str, Any]
@@ -35,17 +33,6 @@ class TemplateError(Exception):
 
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
-
-
-class _Generation(jinja2.ext.Extension):
-    """transformers' {% generation %} block (it marks the assistant's tokens): its body as is."""
-
-    tags: ClassVar[set[str]] = {"generation"}
-
-    def parse(self, parser: Any) -> Any:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.Scope(body, lineno=lineno)
 
 
 def _tojson(
@@ -67,6 +54,21 @@ def _strftime_now(fmt: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
+    # jinja2 is imported here, when a template is compiled: a --raw run never needs it.
+    import jinja2.ext
+    import jinja2.nodes
+    from jinja2.sandbox import SandboxedEnvironment
+
+    class _Generation(jinja2.ext.Extension):
+        """transformers' {% generation %} block (it marks the assistant's tokens): its body."""
+
+        tags: ClassVar[set[str]] = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
     # Sandboxed, but mutable: real templates build lists with .append() (Kimi K2's do).
     env = SandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation]
@@ -117,6 +119,8 @@ class Template:
         self.name = name
         self.bos_token = bos_token
         self.eos_token = eos_token
+        import jinja2
+
         try:
             self._compiled = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as e:
@@ -131,6 +135,8 @@ class Template:
         **kwargs: Any,
     ) -> str:
         """The prompt text; BadInput naming the template when it refuses."""
+        import jinja2
+
         variables = {
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
