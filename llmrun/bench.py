@@ -30,7 +30,7 @@ from llmrun.engine.system import devices, is_gpu
 from llmrun.errors import BadOption, EngineError, LlmrunError
 from llmrun.generation import Prepared, prepare
 from llmrun.ggufinfo import format_count, read_info
-from llmrun.options import Sampling, default_threads
+from llmrun.options import Sampling
 
 # Any ordinary text: only its token count matters, the pp test cuts it to exactly P tokens.
 FILLER = (
@@ -224,7 +224,7 @@ def _row_base(p: Prepared, model: Model, repetitions: int) -> Row:
         params=info.parameters,
         backend=",".join(gpu) if ngl and gpu else "CPU",
         n_gpu_layers=ngl,
-        threads=p.load.threads or default_threads(),  # what the engine used
+        threads=model.n_threads,  # what the engine chose
         test="",
         n_prompt=0,
         n_gen=0,

@@ -9,7 +9,6 @@ Precedence: flag > models.toml entry > built-in default (llama.cpp's defaults).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -156,18 +155,13 @@ DEFAULT_CTX = 4096
 DEFAULT_RPC_PORT = 50052  # llama.cpp rpc-server's
 
 
-def default_threads() -> int:
-    """Physical-core-ish default like llama.cpp: all cores up to 8 on small machines."""
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 @dataclass(frozen=True)
 class Load:
     """How a model is loaded: context, threads, offload, KV cache types."""
 
     n_gpu_layers: int | str = "auto"  # N, "auto" or "all"
     ctx_size: int = 0  # 0: the model's entry, else DEFAULT_CTX, capped at the trained context
-    threads: int = 0  # 0: default_threads()
+    threads: int = 0  # 0: cpus.default_threads(), the cores free when the model loads
     flash_attn: str = "auto"  # on, off or auto, as llama.cpp's -fa
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"

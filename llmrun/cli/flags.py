@@ -80,7 +80,10 @@ CtxOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
-        "-t", "--threads", help="CPU threads. [default: all cores, up to 8]", show_default=False
+        "-t",
+        "--threads",
+        help="CPU threads. [default: the cores free at load, up to 8]",
+        show_default=False,
     ),
 ]
 TempOpt = Annotated[

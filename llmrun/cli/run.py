@@ -237,4 +237,6 @@ def run_command(
         )
     if options.verbose:
         err.print(answer.model.plan.describe(), style="dim", markup=False)
+        chosen = "as asked" if options.threads else "the cores free at load"
+        err.print(f"threads: {answer.model.n_threads} ({chosen})", style="dim", markup=False)
         print_stats(stats)

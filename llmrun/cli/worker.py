@@ -39,8 +39,8 @@ def worker_cmd(
     Examples: llmrun worker --host 0.0.0.0 --port 50052
     then, on the other machine: llmrun run qwen3-4b "Hi" --rpc 192.168.1.20:50052
     """
+    from llmrun.cpus import default_threads
     from llmrun.engine import rpc  # loads llama.cpp: only when asked
-    from llmrun.options import default_threads
 
     if threads is not None and threads <= 0:
         raise BadOption(f"-t/--threads must be > 0, got {threads}")

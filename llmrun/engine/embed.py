@@ -16,10 +16,10 @@ import threading
 import llama_cpp
 import numpy as np
 
+from llmrun.cpus import default_threads
 from llmrun.engine import logs
 from llmrun.engine.model import Model, decode_batch, put_token
 from llmrun.errors import ContextOverflow, EngineError
-from llmrun.options import default_threads
 
 MAX_INPUT_TOKENS = 2048  # tokens per input at most
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import llama_cpp
 
+from llmrun.cpus import default_threads
 from llmrun.engine import logs, rpc, system
 from llmrun.engine.offload import (
     CONTEXT_STEP,
@@ -33,7 +34,7 @@ from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
 from llmrun.errors import ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
-from llmrun.options import DEFAULT_CTX, Load, Sampling, default_threads
+from llmrun.options import DEFAULT_CTX, Load, Sampling
 
 if TYPE_CHECKING:
     import numpy as np
@@ -191,9 +192,9 @@ class Model:
         # cells in order, so a batched answer equals the same prompt run alone
         # (in a shared pool, interleaved cells change the summation order).
         cparams.kv_unified = False
-        threads = load.threads or default_threads()
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
+        # Chosen once, at load: later our own workers would count as the busy ones.
+        self.n_threads = load.threads or default_threads()
+        cparams.n_threads = cparams.n_threads_batch = self.n_threads
         cparams.flash_attn_type = FLASH_ATTN_IDS[load.flash_attn]
         cparams.type_k = CACHE_TYPE_IDS[load.cache_type_k]
         cparams.type_v = CACHE_TYPE_IDS[load.cache_type_v]

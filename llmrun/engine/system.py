@@ -19,8 +19,8 @@ import llama_cpp.llama_cpp as llama_lib
 
 import llmrun
 from llmrun import store
+from llmrun.cpus import default_threads
 from llmrun.engine import logs
-from llmrun.options import default_threads
 
 # enum ggml_backend_dev_type, in ggml-backend.h order.
 DEVICE_TYPES = ("cpu", "gpu", "igpu", "accel", "meta")
