@@ -225,3 +225,20 @@ def test_quiet_leaves_only_the_answer_and_errors(llmrun_inprocess, smollm2: Path
     assert r.code == 2 and "contradict" in r.stderr
     r = llmrun_inprocess("run", "no-such-model-here", "Hi", "--no-pull")  # -q does not stick
     assert r.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bench", "-p", "8", "-n", "2", "-r", "1", "--json"),
+        ("eval", "-c", "64", "--chunks", "1", "--json"),
+    ],
+)
+def test_quiet_bench_and_eval(llmrun_inprocess, smollm2: Path, args: tuple[str, ...]) -> None:
+    # -ngl 9 on a machine without a GPU: a note on stderr, which -q must drop.
+    loud = llmrun_inprocess(args[0], str(smollm2), *args[1:], "-ngl", "9")
+    assert loud.code == 0, loud.stderr
+    assert "note: llama.cpp sees no GPU" in loud.stderr
+    r = llmrun_inprocess(args[0], str(smollm2), *args[1:], "-ngl", "9", "-q")
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip().startswith(("[", "{")) and r.stderr == ""

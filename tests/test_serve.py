@@ -113,6 +113,19 @@ def start_server(
     pytest.fail(f"llmrun serve did not answer /health: {stderr.read_text()}")
 
 
+def test_quiet_server_says_nothing_but_answers(smollm2: Path, tmp_path: Path) -> None:
+    """-q: no "serving ..." line, no access log, no CPU-only note; the answers are the same."""
+    srv = start_server(smollm2, tmp_path / "home", "-q", "-ngl", "9")
+    try:
+        answer = srv.client().chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert answer.choices[0].message.content
+    finally:
+        assert stop_server(srv) == 0
+    assert srv.stderr.read_text() == ""
+
+
 def stop_server(server: Server) -> int:
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import app, err, note_cpu_only
-from llmrun.cli.flags import GenerationOptions, complete_model, generation_options
+from llmrun.cli.common import app, err, note_cpu_only, quiet_stderr
+from llmrun.cli.flags import GenerationOptions, QuietOpt, complete_model, generation_options
 from llmrun.errors import BadOption
 
 ModelsArg = Annotated[
@@ -48,6 +48,7 @@ def bench_cmd(
     json: JsonFmt = False,
     csv: CsvFmt = False,
     md: MdFmt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Prompt-processing (ppP) and generation (tgN) tokens/s of each model, in one table.
 
@@ -55,15 +56,18 @@ def bench_cmd(
 
     Examples: llmrun bench smollm2-135m:Q4_K_M smollm2-135m:Q8_0
     llmrun bench model.gguf -p 256 -n 64 -r 3 --md
+    llmrun bench model.gguf --json -q | jq '.[] | .tps'
     """
     from llmrun import bench  # loads llama.cpp: only when the command runs
 
+    quiet_stderr(quiet)
     chosen = [name for name, on in (("json", json), ("csv", csv), ("md", md)) if on]
     if len(chosen) > 1:
         raise BadOption(f"choose one output format, got --{' and --'.join(chosen)}")
     note_cpu_only(options.n_gpu_layers, options.rpc)
     # A spinner that says which model and test is running, only for a person at a terminal.
-    status = err.status("bench") if err.is_terminal else contextlib.nullcontext()
+    shown_status = err.is_terminal and not err.quiet
+    status = err.status("bench") if shown_status else contextlib.nullcontext()
     with status as shown:
         rows = bench.bench(
             models or [],

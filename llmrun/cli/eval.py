@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmrun.cli.common import app, err, note_cpu_only, print_json
-from llmrun.cli.flags import JsonOpt, ModelArg, NglOpt, ThreadsOpt
+from llmrun.cli.common import app, err, note_cpu_only, print_json, quiet_stderr
+from llmrun.cli.flags import JsonOpt, ModelArg, NglOpt, QuietOpt, ThreadsOpt
 from llmrun.cli.output import print_fields
 
 if TYPE_CHECKING:
@@ -54,16 +54,18 @@ def eval_cmd(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = "auto",
     json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Perplexity of MODEL over a text; with --ref, KL divergence and top-1 agreement.
 
     Lower perplexity is better. KL is in nats per token; 0 means the reference's predictions.
 
     Examples: llmrun eval smollm2-135m:Q4_K_M --ref smollm2-135m:F16
-    llmrun eval model.gguf --text book.txt -c 1024 --json
+    llmrun eval model.gguf --text book.txt -c 1024 --json -q
     """
     from llmrun.evaluate import evaluate  # loads llama.cpp: only when the command runs
 
+    quiet_stderr(quiet)
     note_cpu_only(n_gpu_layers)
     with _bar() as progress:
         result = evaluate(
@@ -85,7 +87,7 @@ def eval_cmd(
 @contextlib.contextmanager
 def _bar() -> Iterator[Progress | None]:
     """A chunk counter on stderr for a person at a terminal; nothing otherwise."""
-    if not err.is_terminal:
+    if not err.is_terminal or err.quiet:
         yield None
         return
     import rich.progress as bars

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from llmrun.cli.common import app, err, note_cpu_only
+from llmrun.cli.common import app, err, note_cpu_only, print_error, quiet_stderr
 from llmrun.cli.flags import (
     ChatTemplateOpt,
     GenerationOptions,
     NoPullOpt,
+    QuietOpt,
     SystemOpt,
     complete_model,
     generation_options,
@@ -109,9 +110,12 @@ MetricsOpt = Annotated[
     typer.Option("--metrics", help="Serve Prometheus metrics on /metrics (the API key applies)."),
 ]
 LogFormatOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--log-format", help="The access log on stderr, a line per request: text, json or off."
+        "--log-format",
+        help="The access log on stderr, a line per request: text, json or off. "
+        "[default: text; off with -q]",
+        show_default=False,
     ),
 ]
 LogPromptsOpt = Annotated[
@@ -150,10 +154,11 @@ def serve_command(
     max_queue: MaxQueueOpt = 512,
     send_timeout: SendTimeoutOpt = 30.0,
     metrics: MetricsOpt = False,
-    log_format: LogFormatOpt = "text",
+    log_format: LogFormatOpt = None,
     log_prompts: LogPromptsOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """HTTP server: the OpenAI API (/v1/...) and Ollama's (/api/...) on one port.
 
@@ -161,9 +166,11 @@ def serve_command(
     MODEL is loaded at once and answers requests naming no model (--only: all).
     The flags set the defaults; each request's own fields win.
     Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 -np 8 -c 16384
+    llmrun serve -q --log-format json 2>> access.log
     """
     from llmrun.server import INSTALL_HINT, missing_extra
 
+    quiet_stderr(quiet, options.verbose)
     if missing_extra():
         raise LlmrunError("llmrun serve needs the server extra", f"install it: {INSTALL_HINT}")
     from llmrun.server.serve import serve
@@ -187,10 +194,19 @@ def serve_command(
         max_queue=max_queue,
         send_timeout=send_timeout,
         metrics=metrics,
-        log_format=log_format,
+        log_format=log_format or ("off" if quiet else "text"),
         log_prompts=log_prompts,
-        announce=lambda line: err.print(line, markup=False, highlight=False),
+        announce=_announce,
+        quiet=quiet,
         **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),
     )
+
+
+def _announce(line: str) -> None:
+    # The server's news; -q drops it, but one that says something failed is an error.
+    if line.startswith("error: "):
+        print_error(line.removeprefix("error: "))
+    else:
+        err.print(line, markup=False, highlight=False)

@@ -103,6 +103,7 @@ def serve(
     log_format: str = "text",
     log_prompts: bool = False,
     verbose: bool = False,
+    quiet: bool = False,
     pull: bool = True,
     progress: Any = None,
     announce: Callable[[str], None] = print,
@@ -114,7 +115,7 @@ def serve(
     `options` are prepare()'s load and sampling flags, for every model. `chat_template`
     (a file) replaces the models' templates; `reasoning` (auto, on, off) is the default
     for requests that do not say. `max_models`, `keep_alive` and `max_memory` are the
-    pool's (pool.py).
+    pool's (pool.py). `quiet` leaves uvicorn only its errors to log.
     """
     if parallel < 1:
         raise BadOption(f"--parallel must be >= 1, got {parallel}")
@@ -179,7 +180,7 @@ def serve(
                     "log_format": log_format,
                     "log_prompts": log_prompts,
                 },
-                verbose=verbose,
+                log_level="info" if verbose else "error" if quiet else "warning",
                 announce=announce,
                 url=f"http://{shown}:{bound_port}",
             )
@@ -194,7 +195,7 @@ async def _serve(
     only: bool,
     api_key: str | None,
     app_options: dict[str, Any],
-    verbose: bool,
+    log_level: str,
     announce: Callable[[str], None],
     url: str,
 ) -> None:
@@ -231,7 +232,7 @@ async def _serve(
             )
         config = uvicorn.Config(
             app,
-            log_level="info" if verbose else "warning",
+            log_level=log_level,
             access_log=False,  # ours (observe.py) says more
             lifespan="off",
             ws="none",
