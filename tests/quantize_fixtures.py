@@ -385,6 +385,52 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 }
 
 
+# Mixture-of-experts families: 4 experts, 2 used. Each expert's width differs from the
+# hidden size (and the shared expert's from both), so a transposed stack shows; all are
+# multiples of 256, so that K-quants apply to the experts. SmolLM2's tokenizer for the
+# byte-level BPE families: llama.cpp's reference converter knows its pre-tokenizer.
+MOE = {"num_experts_per_tok": 2}
+MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
+    "qwen3moe": (
+        "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        {
+            **MOE,
+            "num_experts": 4,
+            "moe_intermediate_size": 512,
+            "norm_topk_prob": True,
+            "head_dim": 96,
+            "tie_word_embeddings": True,
+        },
+        smollm2_tokenizer,
+    ),
+    "qwen2moe": (  # a shared expert and its gate
+        "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        {
+            **MOE,
+            "num_experts": 4,
+            "moe_intermediate_size": 512,
+            "shared_expert_intermediate_size": 768,
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
+    "mixtral": (
+        "MixtralForCausalLM",
+        "MixtralConfig",
+        {**MOE, "num_local_experts": 4, "sliding_window": None, "tie_word_embeddings": False},
+        lambda: sp_tokenizer("llama"),
+    ),
+    "olmoe": (  # llama.cpp's olmoe has no grouped-query attention
+        "OlmoeForCausalLM",
+        "OlmoeConfig",
+        {**MOE, "num_experts": 4, "num_key_value_heads": 4, "tie_word_embeddings": False},
+        smollm2_tokenizer,
+    ),
+}
+
+
 def tiny_checkpoint(arch: str) -> Path:
     """A random two-layer checkpoint of `arch` with a real tokenizer, plus reference.json:
     transformers' float32 logits for PROMPTS (every position) as .npy files."""
@@ -393,7 +439,8 @@ def tiny_checkpoint(arch: str) -> Path:
         import torch
         import transformers
 
-        model_cls, config_cls, fields, tokenizer = ARCHS[arch]
+        torch.set_num_threads(1)  # the machine is shared; the models are tiny
+        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS}[arch]
         tok_dir = tokenizer()
         for f in tok_dir.iterdir():
             if f.is_file() and f.name != ".done":

@@ -1,10 +1,11 @@
 """What every architecture module builds on: hyperparameters in, tensor plans out.
 
 A module subclasses `Converter`, names its gguf-py architecture, and overrides
-only what its family does differently: `metadata` (extra GGUF keys), `rename`
-(names gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on
-norms...) and `extra` (tensors the checkpoint lacks, such as rope_freqs).
-A plan is lazy: the writer reads the source tensor when it writes the plan.
+only what its family does differently: `metadata` (extra GGUF keys), `inputs`
+(checkpoint tensors grouped, such as experts stacked: moe.py), `rename` (names
+gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on norms...)
+and `extra` (tensors the checkpoint lacks, such as rope_freqs).
+A plan is lazy: the writer reads the source tensors when it writes the plan.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class TensorPlan:
     swapaxes); its first axis is the one the writer walks in chunks, and its
     C-order elements are the output's. `values` changes float32 values, one
     chunk at a time. `data` is for tensors computed here rather than read.
+    `parts` (instead of `source`) are stacked on a new first axis, as experts
+    are: the writer reads them one after the other, so `layout` applies to each.
     """
 
     name: str
@@ -41,6 +44,12 @@ class TensorPlan:
     layout: Callable[[np.ndarray], np.ndarray] | None = None
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None
+    parts: tuple[SourceTensor, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[SourceTensor, ...]:
+        """The checkpoint tensors this plan reads."""
+        return (self.source,) if self.source is not None else self.parts
 
     def with_values(self, fn: Callable[[np.ndarray], np.ndarray]) -> TensorPlan:
         return replace(self, values=fn)
@@ -137,17 +146,22 @@ class Converter:
     def plans(self) -> list[TensorPlan]:
         """Every tensor to write, in order: the checkpoint's (renamed, adjusted), then extras."""
         out: list[TensorPlan] = []
-        for src in self.ckpt.tensors.values():
-            if src.name.endswith(SKIPPED_SUFFIXES):
+        for hf_name, plan in self.inputs():
+            if hf_name.endswith(SKIPPED_SUFFIXES):
                 continue
-            name = self.rename(src.name)
+            name = self.rename(hf_name)
             if name is None:
                 continue
-            kind = self.kind_of(name)
-            out.extend(self.adjust(TensorPlan(name, src.shape, kind, src), src.name))
+            plan = replace(plan, name=name, kind=self.kind_of(name))
+            out.extend(self.adjust(plan, hf_name))
         out.extend(self.extra())
         self._check(out)
         return out
+
+    def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
+        """(checkpoint name, plan not yet renamed) for each tensor, in checkpoint order."""
+        for src in self.ckpt.tensors.values():
+            yield src.name, TensorPlan(src.name, src.shape, None, src)
 
     def rename(self, hf_name: str) -> str | None:
         """The GGUF name of a checkpoint tensor; None to leave it out."""
@@ -184,3 +198,12 @@ class Converter:
 def computed(name: str, data: np.ndarray, kind: gguf.MODEL_TENSOR | None = None) -> TensorPlan:
     data = np.ascontiguousarray(data, dtype=np.float32)
     return TensorPlan(name, data.shape, kind, data=data)
+
+
+def stacked(name: str, parts: Iterable[SourceTensor]) -> TensorPlan:
+    """One tensor made of `parts` of one shape, stacked on a new first axis, read lazily."""
+    parts = tuple(parts)
+    shapes = {p.shape for p in parts}
+    if len(shapes) != 1:
+        raise BadInput(f"{name}: its {len(parts)} parts have different shapes {sorted(shapes)}")
+    return TensorPlan(name, (len(parts), *parts[0].shape), None, parts=parts)

@@ -1,0 +1,101 @@
+"""What mixture-of-experts families share: experts stacked, expert counts, routing checks.
+
+Checkpoints store each expert's projections apart (`mlp.experts.7.gate_proj.weight`);
+llama.cpp wants one 3-D tensor per projection and layer (`blk.N.ffn_gate_exps`,
+shape n_expert x rows x columns in numpy order). `stack_experts` groups them into
+plans of stacked parts, which the writer reads one expert at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from gguf import GGUFWriter
+
+from llmrun.errors import BadInput
+from llmrun.quantize.archs.base import Converter, TensorPlan, stacked
+from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
+
+# `<stem>.experts.<index>.<projection>.weight`: Qwen's, OLMoE's (gate_proj...), Mixtral's (w1...)
+EXPERT = re.compile(r"(?P<stem>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight")
+
+
+def stack_experts(
+    inputs: Iterable[tuple[str, TensorPlan]], n_expert: int
+) -> Iterator[tuple[str, TensorPlan]]:
+    """Per-expert tensors as one stacked plan each, where their first expert was.
+
+    The stacked plan is named `<stem>.experts.<projection>.weight`, the name gguf-py's
+    TensorNameMap knows for merged experts; other inputs pass through unchanged.
+    """
+    order: list[tuple[str, TensorPlan] | str] = []
+    groups: dict[str, dict[int, SourceTensor]] = {}
+    for hf_name, plan in inputs:
+        m = EXPERT.fullmatch(hf_name)
+        if m is None or plan.source is None:
+            order.append((hf_name, plan))
+            continue
+        merged = f"{m['stem']}.{m['proj']}.weight"
+        if merged not in groups:
+            groups[merged] = {}
+            order.append(merged)
+        groups[merged][int(m["index"])] = plan.source
+    for item in order:
+        if isinstance(item, tuple):
+            yield item
+            continue
+        parts = groups[item]
+        if sorted(parts) != list(range(n_expert)):
+            raise BadInput(
+                f"the checkpoint has {len(parts)} experts for {item} "
+                f"(numbered {min(parts)} to {max(parts)}), config.json says {n_expert}",
+                "is the download complete?",
+            )
+        yield item, stacked(item, (parts[i] for i in range(n_expert)))
+
+
+class MoeConverter(Converter):
+    """A decoder whose every layer's feed-forward is a mixture of experts.
+
+    A family names `norm_top_k`: whether llama.cpp's graph for its architecture
+    rescales the chosen experts' weights to sum to one. llama.cpp fixes that per
+    architecture rather than reading it from the file, so a checkpoint that routes
+    otherwise cannot be converted faithfully and is refused.
+    """
+
+    norm_top_k: ClassVar[bool]
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        super().__init__(ckpt)
+        self.n_expert = int(self.hp("num_local_experts", "num_experts", "n_routed_experts"))
+        self.n_expert_used = int(self.hp("num_experts_per_tok", "num_experts_per_token"))
+        norm = bool(self.config.get("norm_topk_prob", self.norm_top_k))
+        if norm != self.norm_top_k:
+            always = "always" if self.norm_top_k else "never"
+            raise BadInput(
+                f"config.json: norm_topk_prob is {norm}, but llama.cpp's {self.arch_name} "
+                f"{always} renormalizes the chosen experts' weights"
+            )
+        # Qwen's configs can leave some layers dense; llama.cpp's graphs expect experts in all.
+        step = int(self.config.get("decoder_sparse_step") or 1)
+        if self.config.get("mlp_only_layers") or step != 1:
+            raise BadInput(
+                f"config.json: some layers have no experts (mlp_only_layers, decoder_sparse_step), "
+                f"which llama.cpp's {self.arch_name} does not support"
+            )
+
+    def metadata(self, w: GGUFWriter) -> None:
+        super().metadata(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+        # Qwen's experts (and shared expert) have their own sizes; Mixtral's and OLMoE's
+        # are intermediate_size, which llama.cpp then uses.
+        if (n_ff := self.config.get("moe_intermediate_size")) is not None:
+            w.add_expert_feed_forward_length(int(n_ff))
+        if (n_ff := self.config.get("shared_expert_intermediate_size")) is not None:
+            w.add_expert_shared_feed_forward_length(int(n_ff))
+
+    def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
+        yield from stack_experts(super().inputs(), self.n_expert)

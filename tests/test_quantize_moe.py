@@ -1,0 +1,103 @@
+"""Mixture-of-experts families, on random two-layer checkpoints made by transformers
+(4 experts, 2 used): F32 logits equal transformers', Q4_K_M loads and generates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmrun.errors import BadInput
+from llmrun.ggufinfo import read_info
+from llmrun.quantize import quantize
+from llmrun.quantize.archs import converter_for
+from llmrun.quantize.checkpoint import SourceTensor, open_checkpoint
+from tests.quantize_checks import generate, llama_logits, relative_error
+from tests.quantize_fixtures import MOE_ARCHS, reference, tiny_checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(MOE_ARCHS))
+def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    out = quantize(str(ckpt), type="F32", output=tmp_path / f"{arch}.gguf").path
+    for ids, want in reference(ckpt):
+        err = relative_error(llama_logits(out, ids), want)
+        assert err < 1e-3, f"{arch} F32: logits differ by {err:.2e} (relative)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(MOE_ARCHS))
+def test_q4_k_m_loads_and_generates(arch: str, tmp_path: Path) -> None:
+    out = quantize(str(tiny_checkpoint(arch)), type="Q4_K_M", output=tmp_path / "q4.gguf").path
+    assert read_info(out).quant == "Q4_K_M"
+    assert generate(out, "The quick brown fox", n=8)
+
+
+@pytest.mark.slow
+def test_experts_are_stacked_lazily() -> None:
+    """One plan per projection and layer, of the experts' tensors in order, none read yet."""
+    ckpt = open_checkpoint(tiny_checkpoint("qwen2moe"))
+    plans = {p.name: p for p in converter_for(ckpt).plans()}
+    gate = plans["blk.1.ffn_gate_exps.weight"]
+    assert gate.shape == (4, 512, 256) and gate.source is None and gate.data is None
+    assert [p.name for p in gate.parts] == [
+        f"model.layers.1.mlp.experts.{i}.gate_proj.weight" for i in range(4)
+    ]
+    assert plans["blk.1.ffn_down_exps.weight"].shape == (4, 256, 512)
+    assert plans["blk.1.ffn_gate_inp_shexp.weight"].shape == (1, 256)
+    assert not any("experts." in name for name in plans)
+
+
+@pytest.mark.slow
+def test_writer_maps_one_expert_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experts are read one after the other: when one is mapped, no other is still alive."""
+    arrays: list[weakref.ref[np.ndarray]] = []
+    most = 0
+    real = SourceTensor.array
+
+    def array(self: SourceTensor) -> np.ndarray:
+        nonlocal most
+        a = real(self)
+        if ".experts." in self.name:
+            # The writer's loop variable still holds the previous one until it is rebound.
+            most = max(most, sum(r() is not None for r in arrays))
+            arrays.append(weakref.ref(a))
+        return a
+
+    monkeypatch.setattr(SourceTensor, "array", array)
+    quantize(str(tiny_checkpoint("qwen3moe")), type="F16", output=tmp_path / "f16.gguf")
+    assert len(arrays) == 2 * 3 * 4  # layers x projections x experts
+    assert most <= 1
+
+
+def _edited(arch: str, tmp_path: Path, **config: object) -> Path:
+    """A copy of the tiny checkpoint with some config.json fields changed."""
+    folder = tmp_path / arch
+    shutil.copytree(tiny_checkpoint(arch), folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, **config}))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "config", "message"),
+    [
+        ("qwen3moe", {"norm_topk_prob": False}, "always renormalizes"),
+        ("qwen2moe", {"norm_topk_prob": True}, "never renormalizes"),
+        ("qwen3moe", {"mlp_only_layers": [1]}, "some layers have no experts"),
+        ("olmoe", {"clip_qkv": 8.0}, "clip_qkv"),
+        ("mixtral", {"num_local_experts": 8}, "config.json says 8"),
+    ],
+    ids=["qwen3-unnormalized", "qwen2-normalized", "dense-layer", "clip-qkv", "missing-experts"],
+)
+def test_what_llama_cpp_cannot_run_is_refused(
+    arch: str, config: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(BadInput, match=message):
+        converter_for(open_checkpoint(_edited(arch, tmp_path, **config))).plans()
