@@ -139,3 +139,12 @@ def test_what_llama_cpp_cannot_run_is_refused(
 ) -> None:
     with pytest.raises(BadInput, match=message):
         converter_for(open_checkpoint(_edited(arch, tmp_path, **config))).plans()
+
+
+def test_list_archs_prints_one_architecture_a_line(llmrun_inprocess) -> None:
+    result = llmrun_inprocess("quantize", "--list-archs")
+    assert result.code == 0, result.stderr
+    names = result.stdout.splitlines()
+    assert names == sorted(set(names), key=names.index)  # no duplicates, nothing else
+    assert {"LlamaForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM"} <= set(names)
+    assert {"MixtralForCausalLM", "OlmoeForCausalLM"} <= set(names)
