@@ -390,6 +390,13 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 # multiples of 256, so that K-quants apply to the experts. SmolLM2's tokenizer for the
 # byte-level BPE families: llama.cpp's reference converter knows its pre-tokenizer.
 MOE = {"num_experts_per_tok": 2}
+GRANITE = {
+    "embedding_multiplier": 12.0,
+    "attention_multiplier": 0.09,
+    "residual_multiplier": 0.22,
+    "logits_scaling": 6.0,
+    "tie_word_embeddings": True,
+}
 MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
     "qwen3moe": (
         "Qwen3MoeForCausalLM",
@@ -426,6 +433,18 @@ MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
         "OlmoeForCausalLM",
         "OlmoeConfig",
         {**MOE, "num_experts": 4, "num_key_value_heads": 4, "tie_word_embeddings": False},
+        smollm2_tokenizer,
+    ),
+    "granitemoe": (  # experts stored stacked, gate and up fused; multipliers away from 1
+        "GraniteMoeForCausalLM",
+        "GraniteMoeConfig",
+        {**MOE, **GRANITE, "num_local_experts": 4},
+        smollm2_tokenizer,
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedForCausalLM",
+        "GraniteMoeSharedConfig",
+        {**MOE, **GRANITE, "num_local_experts": 4, "shared_intermediate_size": 768},
         smollm2_tokenizer,
     ),
 }

@@ -3,13 +3,15 @@
 Checkpoints store each expert's projections apart (`mlp.experts.7.gate_proj.weight`);
 llama.cpp wants one 3-D tensor per projection and layer (`blk.N.ffn_gate_exps`,
 shape n_expert x rows x columns in numpy order). `stack_experts` groups them into
-plans of stacked parts, which the writer reads one expert at a time.
+plans of stacked parts, which the writer reads one expert at a time; `split_gate_up`
+parts a fused gate-and-up projection (Granite's) into the two tensors llama.cpp wants.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import ClassVar
 
 from gguf import GGUFWriter
@@ -56,6 +58,19 @@ def stack_experts(
         yield item, stacked(item, (parts[i] for i in range(n_expert)))
 
 
+def split_gate_up(plan: TensorPlan, gate: str, up: str) -> Iterator[tuple[str, TensorPlan]]:
+    """A fused projection (gate rows, then up rows, on the next-to-last axis) as two plans
+    named `gate` and `up`, each a view of its half: nothing is copied or read here."""
+    assert plan.layout is None, f"{plan.name}: a split replaces the plan's layout"
+    rows = plan.shape[-2]
+    if rows % 2:
+        raise BadInput(f"{plan.name}: {rows} rows cannot be split into gate and up halves")
+    half = rows // 2
+    shape = (*plan.shape[:-2], half, plan.shape[-1])
+    yield gate, replace(plan, name=gate, shape=shape, layout=lambda a: a[..., :half, :])
+    yield up, replace(plan, name=up, shape=shape, layout=lambda a: a[..., half:, :])
+
+
 class MoeConverter(Converter):
     """A decoder whose every layer's feed-forward is a mixture of experts.
 
@@ -94,7 +109,8 @@ class MoeConverter(Converter):
         # are intermediate_size, which llama.cpp then uses.
         if (n_ff := self.config.get("moe_intermediate_size")) is not None:
             w.add_expert_feed_forward_length(int(n_ff))
-        if (n_ff := self.config.get("shared_expert_intermediate_size")) is not None:
+        shared = ("shared_expert_intermediate_size", "shared_intermediate_size")  # Qwen, Granite
+        if (n_ff := self.hp(*shared, default=None)) is not None:
             w.add_expert_shared_feed_forward_length(int(n_ff))
 
     def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
