@@ -113,6 +113,35 @@ def test_writer_maps_one_expert_at_a_time(tmp_path: Path, monkeypatch: pytest.Mo
     assert most <= 1
 
 
+def _fused(arch: str, out: Path) -> Path:
+    """A copy of the tiny checkpoint in transformers 5's own layout: each layer's experts
+    stacked, gate and up in one tensor (transformers reads it to the same logits)."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(tiny_checkpoint(arch), out)
+    tensors = load_file(out / "model.safetensors")
+    fused = {k: v for k, v in tensors.items() if ".experts." not in k}
+    for layer in range(2):
+        stem = f"model.layers.{layer}.mlp.experts"
+
+        def stack(proj: str, stem: str = stem) -> np.ndarray:
+            return np.stack([tensors[f"{stem}.{e}.{proj}.weight"] for e in range(4)])
+
+        fused[f"{stem}.gate_up_proj"] = np.concatenate([stack("gate_proj"), stack("up_proj")], 1)
+        fused[f"{stem}.down_proj"] = stack("down_proj")
+    save_file(fused, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen3moe", "qwen2moe"])
+def test_transformers_5_layout_converts_the_same(arch: str, tmp_path: Path) -> None:
+    ours = quantize(str(tiny_checkpoint(arch)), type="F32", output=tmp_path / "a.gguf").path
+    fused = _fused(arch, tmp_path / arch)
+    again = quantize(str(fused), type="F32", output=tmp_path / "b.gguf").path
+    assert gguf_differences(again, ours) == []
+
+
 def _edited(arch: str, tmp_path: Path, **config: object) -> Path:
     """A copy of the tiny checkpoint with some config.json fields changed."""
     folder = tmp_path / arch

@@ -3,8 +3,9 @@
 Checkpoints store each expert's projections apart (`mlp.experts.7.gate_proj.weight`);
 llama.cpp wants one 3-D tensor per projection and layer (`blk.N.ffn_gate_exps`,
 shape n_expert x rows x columns in numpy order). `stack_experts` groups them into
-plans of stacked parts, which the writer reads one expert at a time; `split_gate_up`
-parts a fused gate-and-up projection (Granite's) into the two tensors llama.cpp wants.
+plans of stacked parts, which the writer reads one expert at a time. Checkpoints in
+transformers 5's own layout (experts stacked, gate and up fused) and Granite's are
+split instead (`split_gate_up`): two views of one tensor, nothing copied.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
 
 # `<stem>.experts.<index>.<projection>.weight`: Qwen's, OLMoE's (gate_proj...), Mixtral's (w1...)
 EXPERT = re.compile(r"(?P<stem>.+\.experts)\.(?P<index>\d+)\.(?P<proj>\w+)\.weight")
+# transformers 5's own layout, already stacked: gate_up_proj (n_expert x 2*ff x hidden,
+# gate rows first) and down_proj (n_expert x hidden x ff), parameters without `.weight`
+FUSED = re.compile(r"(?P<stem>.+\.experts)\.(?P<proj>gate_up_proj|down_proj)")
 
 
 def stack_experts(
@@ -56,6 +60,26 @@ def stack_experts(
                 "is the download complete?",
             )
         yield item, stacked(item, (parts[i] for i in range(n_expert)))
+
+
+def unfuse_experts(
+    inputs: Iterable[tuple[str, TensorPlan]], n_expert: int
+) -> Iterator[tuple[str, TensorPlan]]:
+    """transformers 5's stacked experts under the merged names of `stack_experts`."""
+    for hf_name, plan in inputs:
+        m = FUSED.fullmatch(hf_name)
+        if m is None:
+            yield hf_name, plan
+            continue
+        if len(plan.shape) != 3 or plan.shape[0] != n_expert:
+            raise BadInput(
+                f"tensor {hf_name} has shape {plan.shape}: not {n_expert} experts' matrices"
+            )
+        stem = m["stem"]
+        if m["proj"] == "down_proj":
+            yield f"{stem}.down_proj.weight", plan
+        else:
+            yield from split_gate_up(plan, f"{stem}.gate_proj.weight", f"{stem}.up_proj.weight")
 
 
 def split_gate_up(plan: TensorPlan, gate: str, up: str) -> Iterator[tuple[str, TensorPlan]]:
@@ -114,4 +138,4 @@ class MoeConverter(Converter):
             w.add_expert_shared_feed_forward_length(int(n_ff))
 
     def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
-        yield from stack_experts(super().inputs(), self.n_expert)
+        yield from stack_experts(unfuse_experts(super().inputs(), self.n_expert), self.n_expert)
