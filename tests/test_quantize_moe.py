@@ -1,5 +1,5 @@
 """Mixture-of-experts families, on random two-layer checkpoints made by transformers
-(4 experts, 2 used): F32 logits equal transformers', Q4_K_M loads and generates, and the
+(4 experts, 2 used): F32 logits equal transformers', Q8_0 and Q4_K_M load and generate, and the
 F32 file is llama.cpp's reference converter's, tensor for tensor and key for key."""
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(MOE_ARCHS))
-def test_q4_k_m_loads_and_generates(arch: str, tmp_path: Path) -> None:
-    out = quantize(str(tiny_checkpoint(arch)), type="Q4_K_M", output=tmp_path / "q4.gguf").path
-    assert read_info(out).quant == "Q4_K_M"
-    assert generate(out, "The quick brown fox", n=8)
+def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
+    """Q8_0 is written here (3-D expert tensors too), Q4_K_M by llama.cpp from F16."""
+    for qtype in ("Q8_0", "Q4_K_M"):
+        ckpt = str(tiny_checkpoint(arch))
+        out = quantize(ckpt, type=qtype, output=tmp_path / f"{qtype}.gguf").path
+        assert read_info(out).quant == qtype
+        assert generate(out, "The quick brown fox", n=8)
 
 
 @pytest.mark.slow
