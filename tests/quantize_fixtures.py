@@ -447,6 +447,29 @@ MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
         {**MOE, **GRANITE, "num_local_experts": 4, "shared_intermediate_size": 768},
         smollm2_tokenizer,
     ),
+    # Experts stacked and transposed, with biases; sinks, a window, YaRN. truncate: true, as
+    # llama.cpp's YaRN always does (GPT-OSS's own false is off by ~1e-3 there, a runtime matter).
+    "gptoss": (
+        "GptOssForCausalLM",
+        "GptOssConfig",
+        {
+            **MOE,
+            "num_local_experts": 4,
+            "head_dim": 64,
+            "sliding_window": 8,
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 16.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": True,
+            },
+        },
+        smollm2_tokenizer,
+    ),
 }
 
 

@@ -145,6 +145,33 @@ def test_transformers_5_layout_converts_the_same(arch: str, tmp_path: Path) -> N
     assert gguf_differences(again, ours) == []
 
 
+@pytest.mark.slow
+def test_a_fused_layout_other_than_transformers_is_refused(tmp_path: Path) -> None:
+    """GPT-OSS's transposed experts under a Qwen architecture would split wrongly, silently."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = _fused("qwen3moe", tmp_path / "qwen3moe")
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    tensors[name] = np.ascontiguousarray(tensors[name].swapaxes(-1, -2))
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(BadInput, match="not 4 experts' matrices in transformers' layout"):
+        converter_for(open_checkpoint(folder)).plans()
+
+
+@pytest.mark.slow
+def test_mxfp4_gpt_oss_is_refused_with_the_way_around(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "gptoss"
+    shutil.copytree(tiny_checkpoint("gptoss"), folder)
+    blocks = {"model.layers.0.mlp.experts.down_proj_blocks": np.zeros((4, 2, 16), np.uint8)}
+    save_file(blocks, folder / "mxfp4.safetensors")
+    with pytest.raises(BadInput, match="MXFP4") as e:
+        converter_for(open_checkpoint(folder))
+    assert "BF16" in (e.value.remedy or "")
+
+
 def _edited(arch: str, tmp_path: Path, **config: object) -> Path:
     """A copy of the tiny checkpoint with some config.json fields changed."""
     folder = tmp_path / arch

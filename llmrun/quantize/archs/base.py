@@ -25,6 +25,16 @@ from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
 
 
+# YaRN settings beyond the factor, as llama.cpp's converter writes them (llama.cpp's
+# defaults otherwise): rope_parameters key -> GGUFWriter method
+YARN_EXTRAS: dict[str, Callable[[GGUFWriter, float], None]] = {
+    "extrapolation_factor": GGUFWriter.add_rope_scaling_yarn_ext_factor,
+    "attention_factor": GGUFWriter.add_rope_scaling_yarn_attn_factor,
+    "beta_fast": GGUFWriter.add_rope_scaling_yarn_beta_fast,
+    "beta_slow": GGUFWriter.add_rope_scaling_yarn_beta_slow,
+}
+
+
 @dataclass(frozen=True)
 class TensorPlan:
     """One tensor of the GGUF file, to be written later.
@@ -138,6 +148,9 @@ class Converter:
             w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
             w.add_rope_scaling_factor(float(factor))
             w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+            for key, add in YARN_EXTRAS.items():
+                if rope.get(key) is not None:
+                    add(w, float(rope[key]))
         elif kind not in ("default", "llama3"):  # llama3 is a rope_freqs tensor (llama.py)
             raise BadInput(f"config.json: RoPE scaling {kind!r} is not supported")
 

@@ -63,7 +63,7 @@ def stack_experts(
 
 
 def unfuse_experts(
-    inputs: Iterable[tuple[str, TensorPlan]], n_expert: int
+    inputs: Iterable[tuple[str, TensorPlan]], n_expert: int, hidden: int
 ) -> Iterator[tuple[str, TensorPlan]]:
     """transformers 5's stacked experts under the merged names of `stack_experts`."""
     for hf_name, plan in inputs:
@@ -71,9 +71,12 @@ def unfuse_experts(
         if m is None:
             yield hf_name, plan
             continue
-        if len(plan.shape) != 3 or plan.shape[0] != n_expert:
+        # Another layout (GPT-OSS's is transposed) would split into wrong halves silently.
+        hidden_axis = -1 if m["proj"] == "gate_up_proj" else -2
+        if len(plan.shape) != 3 or plan.shape[0] != n_expert or plan.shape[hidden_axis] != hidden:
             raise BadInput(
-                f"tensor {hf_name} has shape {plan.shape}: not {n_expert} experts' matrices"
+                f"tensor {hf_name} has shape {plan.shape}: not {n_expert} experts' matrices "
+                f"in transformers' layout (hidden size {hidden})"
             )
         stem = m["stem"]
         if m["proj"] == "down_proj":
@@ -138,4 +141,8 @@ class MoeConverter(Converter):
             w.add_expert_shared_feed_forward_length(int(n_ff))
 
     def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
-        yield from stack_experts(unfuse_experts(super().inputs(), self.n_expert), self.n_expert)
+        yield from stack_experts(self.unfused(super().inputs()), self.n_expert)
+
+    def unfused(self, inputs: Iterable[tuple[str, TensorPlan]]) -> Iterator[tuple[str, TensorPlan]]:
+        """Experts stored stacked, under `stack_experts`' merged names (a family's own layout)."""
+        yield from unfuse_experts(inputs, self.n_expert, int(self.hp("hidden_size")))
