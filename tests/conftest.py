@@ -39,9 +39,9 @@ def _demo_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def llama_templates() -> Path:
-    """llama.cpp's real chat templates (models/templates/*.jinja), from the llama-cpp-python
-    sdist of the installed version: downloaded from PyPI once per machine, never committed."""
+def llama_cpp_src() -> Path:
+    """llama.cpp's source tree, from the llama-cpp-python sdist of the installed version:
+    downloaded from PyPI once per machine, never committed."""
     spec = importlib.util.spec_from_file_location(
         "llama_tools", Path(__file__).parent.parent / "benchmarks" / "llama_tools.py"
     )
@@ -49,7 +49,13 @@ def llama_templates() -> Path:
     tools = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tools)
     version = tools.installed_version()
-    return tools.fetch_sources(version, tools.cache_dir(version)) / "models" / "templates"
+    return tools.fetch_sources(version, tools.cache_dir(version))
+
+
+@pytest.fixture(scope="session")
+def llama_templates(llama_cpp_src: Path) -> Path:
+    """llama.cpp's real chat templates (models/templates/*.jinja)."""
+    return llama_cpp_src / "models" / "templates"
 
 
 @pytest.fixture(scope="session")

@@ -385,6 +385,94 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 }
 
 
+# Mixture-of-experts families: 4 experts, 2 used. Each expert's width differs from the
+# hidden size (and the shared expert's from both), so a transposed stack shows; all are
+# multiples of 256, so that K-quants apply to the experts. SmolLM2's tokenizer for the
+# byte-level BPE families: llama.cpp's reference converter knows its pre-tokenizer.
+MOE = {"num_experts_per_tok": 2}
+GRANITE = {
+    "embedding_multiplier": 12.0,
+    "attention_multiplier": 0.09,
+    "residual_multiplier": 0.22,
+    "logits_scaling": 6.0,
+    "tie_word_embeddings": True,
+}
+MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
+    "qwen3moe": (
+        "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        {
+            **MOE,
+            "num_experts": 4,
+            "moe_intermediate_size": 512,
+            "norm_topk_prob": True,
+            "head_dim": 96,
+            "tie_word_embeddings": True,
+        },
+        smollm2_tokenizer,
+    ),
+    "qwen2moe": (  # a shared expert and its gate
+        "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        {
+            **MOE,
+            "num_experts": 4,
+            "moe_intermediate_size": 512,
+            "shared_expert_intermediate_size": 768,
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
+    "mixtral": (
+        "MixtralForCausalLM",
+        "MixtralConfig",
+        {**MOE, "num_local_experts": 4, "sliding_window": None, "tie_word_embeddings": False},
+        lambda: sp_tokenizer("llama"),
+    ),
+    "olmoe": (  # llama.cpp's olmoe has no grouped-query attention
+        "OlmoeForCausalLM",
+        "OlmoeConfig",
+        {**MOE, "num_experts": 4, "num_key_value_heads": 4, "tie_word_embeddings": False},
+        smollm2_tokenizer,
+    ),
+    "granitemoe": (  # experts stored stacked, gate and up fused; multipliers away from 1
+        "GraniteMoeForCausalLM",
+        "GraniteMoeConfig",
+        {**MOE, **GRANITE, "num_local_experts": 4},
+        smollm2_tokenizer,
+    ),
+    "granitemoeshared": (
+        "GraniteMoeSharedForCausalLM",
+        "GraniteMoeSharedConfig",
+        {**MOE, **GRANITE, "num_local_experts": 4, "shared_intermediate_size": 768},
+        smollm2_tokenizer,
+    ),
+    # Experts stacked and transposed, with biases; sinks, a window, YaRN. truncate: true, as
+    # llama.cpp's YaRN always does (GPT-OSS's own false is off by ~1e-3 there, a runtime matter).
+    "gptoss": (
+        "GptOssForCausalLM",
+        "GptOssConfig",
+        {
+            **MOE,
+            "num_local_experts": 4,
+            "head_dim": 64,
+            "sliding_window": 8,
+            "tie_word_embeddings": False,
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 16.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": True,
+            },
+        },
+        smollm2_tokenizer,
+    ),
+}
+
+
 def tiny_checkpoint(arch: str) -> Path:
     """A random two-layer checkpoint of `arch` with a real tokenizer, plus reference.json:
     transformers' float32 logits for PROMPTS (every position) as .npy files."""
@@ -393,7 +481,8 @@ def tiny_checkpoint(arch: str) -> Path:
         import torch
         import transformers
 
-        model_cls, config_cls, fields, tokenizer = ARCHS[arch]
+        torch.set_num_threads(1)  # the machine is shared; the models are tiny
+        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS}[arch]
         tok_dir = tokenizer()
         for f in tok_dir.iterdir():
             if f.is_file() and f.name != ".done":

@@ -50,6 +50,13 @@ KeepF16Opt = Annotated[
 ListTypesOpt = Annotated[
     bool, typer.Option("--list-types", help="Print the quantization types and exit.")
 ]
+ListArchsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--list-archs",
+        help="Print the checkpoint architectures (config.json's) that can be converted, and exit.",
+    ),
+]
 NoCheckOpt = Annotated[
     bool,
     typer.Option(
@@ -168,6 +175,7 @@ def quantize_cmd(
     force: ForceOpt = False,
     keep_f16: KeepF16Opt = False,
     list_types: ListTypesOpt = False,
+    list_archs: ListArchsOpt = False,
     no_check: NoCheckOpt = False,
     eval: EvalOpt = False,
     quiet: QuietOpt = False,
@@ -180,12 +188,18 @@ def quantize_cmd(
 
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
+    llmrun quantize --list-archs
     """
     quiet_stderr(quiet)
     if list_types:
         from llmrun.quantize.types import types_table
 
         sys.stdout.write(types_table() + "\n")
+        return
+    if list_archs:
+        from llmrun.quantize.archs import ARCHITECTURES
+
+        sys.stdout.write("".join(f"{name}\n" for name in ARCHITECTURES))
         return
     if model is None:
         raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")

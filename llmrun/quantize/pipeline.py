@@ -141,7 +141,7 @@ class _Job:
             return result
 
         # Beyond Q8_0: an intermediate file of the checkpoint's own precision, for llama.cpp.
-        bf16 = any(p.source is not None and p.source.dtype == "BF16" for p in self.plans)
+        bf16 = any(src.dtype == "BF16" for p in self.plans for src in p.inputs)
         inter_type = TYPES["BF16" if bf16 else "F16"]
         inter = _intermediate_path(out, inter_type) if keep_f16 else _scratch(out, inter_type)
         try:

@@ -27,6 +27,12 @@ from llmrun.quantize.types import QuantType
 
 CHUNK_ELEMENTS = 1 << 22  # values converted at a time: 16 MiB as float32
 
+# Small 2-D tensors that llama.cpp's converter and quantizer both keep in F32.
+ROUTERS_AND_POSITIONS = (
+    gguf.MODEL_TENSOR.FFN_GATE_INP,
+    gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP,
+    gguf.MODEL_TENSOR.POS_EMBD,
+)
 # Tensors that stay F32 whatever type was asked for, and why: llama.cpp's kernels
 # for these take F32, and they are a tiny part of the model.
 KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
@@ -34,8 +40,8 @@ KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
     ("norm weights", lambda p: p.name.endswith("_norm.weight")),
     ("anything but a weight", lambda p: not p.name.endswith(".weight")),
     (
-        "routers and position tables",
-        lambda p: p.kind in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.POS_EMBD),
+        "routers (and the shared expert's gate) and position tables",
+        lambda p: p.kind in ROUTERS_AND_POSITIONS,
     ),
 )
 # When rows are not a whole number of blocks of the asked type.
@@ -135,33 +141,43 @@ def write_gguf(
 
 
 def _check_source(plan: TensorPlan) -> None:
-    src = plan.source
-    if src is not None and src.dtype not in DTYPES:
-        raise BadInput(
-            f"tensor {src.name} is {src.dtype}; only F32, F16 and BF16 checkpoints are supported",
-            "quantized checkpoints (FP8, GPTQ, AWQ...) must be converted from their original",
-        )
+    for src in plan.inputs:
+        if src.dtype not in DTYPES:
+            raise BadInput(
+                f"tensor {src.name} is {src.dtype}; "
+                "only F32, F16 and BF16 checkpoints are supported",
+                "quantized checkpoints (FP8, GPTQ, AWQ...) must be converted from their original",
+            )
 
 
 def _chunks(plan: TensorPlan, qtype: QT) -> Iterator[np.ndarray]:
     """The tensor's bytes in `qtype`, a few rows at a time."""
-    if plan.data is not None:
-        array, stored = plan.data, "F32"
-    else:
-        assert plan.source is not None
-        array, stored = plan.source.array(), plan.source.dtype
-    if plan.layout is not None:
-        array = plan.layout(array)
-    array = array.reshape(1, -1) if array.ndim <= 1 else array
     row = plan.shape[-1] if plan.shape else 1
-    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(array.shape[1:]))))
-    copy = plan.values is None and SAME_BYTES.get(stored) == qtype
-    for i in range(0, array.shape[0], step):
-        part = array[i : i + step]
-        if copy:
-            yield np.ascontiguousarray(part)
-            continue
-        values = to_f32(part, stored)
-        if plan.values is not None:
-            values = plan.values(values)
-        yield gguf.quants.quantize(values.reshape(-1, row), qtype)
+    for array, stored in _arrays(plan):
+        if plan.layout is not None:
+            array = plan.layout(array)
+        array = array.reshape(1, -1) if array.ndim <= 1 else array
+        step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(array.shape[1:]))))
+        copy = plan.values is None and SAME_BYTES.get(stored) == qtype
+        for i in range(0, array.shape[0], step):
+            part = array[i : i + step]
+            if copy:
+                yield np.ascontiguousarray(part)
+                continue
+            values = to_f32(part, stored)
+            if plan.values is not None:
+                values = plan.values(values)
+            yield gguf.quants.quantize(values.reshape(-1, row), qtype)
+
+
+def _arrays(plan: TensorPlan) -> Iterator[tuple[np.ndarray, str]]:
+    """Arrays whose C orders, one after the other, are the tensor's, each with its dtype.
+
+    Stacked parts are mapped one at a time, so a layer's experts are never all in memory.
+    """
+    if plan.data is not None:
+        yield plan.data, "F32"
+        return
+    assert plan.inputs, plan.name
+    for src in plan.inputs:
+        yield src.array(), src.dtype

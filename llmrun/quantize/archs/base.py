@@ -1,10 +1,11 @@
 """What every architecture module builds on: hyperparameters in, tensor plans out.
 
 A module subclasses `Converter`, names its gguf-py architecture, and overrides
-only what its family does differently: `metadata` (extra GGUF keys), `rename`
-(names gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on
-norms...) and `extra` (tensors the checkpoint lacks, such as rope_freqs).
-A plan is lazy: the writer reads the source tensor when it writes the plan.
+only what its family does differently: `metadata` (extra GGUF keys), `inputs`
+(checkpoint tensors grouped, such as experts stacked: moe.py), `rename` (names
+gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on norms...)
+and `extra` (tensors the checkpoint lacks, such as rope_freqs).
+A plan is lazy: the writer reads the source tensors when it writes the plan.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
 
 
+# YaRN settings beyond the factor, as llama.cpp's converter writes them (llama.cpp's
+# defaults otherwise): rope_parameters key -> GGUFWriter method
+YARN_EXTRAS: dict[str, Callable[[GGUFWriter, float], None]] = {
+    "extrapolation_factor": GGUFWriter.add_rope_scaling_yarn_ext_factor,
+    "attention_factor": GGUFWriter.add_rope_scaling_yarn_attn_factor,
+    "beta_fast": GGUFWriter.add_rope_scaling_yarn_beta_fast,
+    "beta_slow": GGUFWriter.add_rope_scaling_yarn_beta_slow,
+}
+
+
 @dataclass(frozen=True)
 class TensorPlan:
     """One tensor of the GGUF file, to be written later.
@@ -32,6 +43,8 @@ class TensorPlan:
     swapaxes); its first axis is the one the writer walks in chunks, and its
     C-order elements are the output's. `values` changes float32 values, one
     chunk at a time. `data` is for tensors computed here rather than read.
+    `parts` (instead of `source`) are stacked on a new first axis, as experts
+    are: the writer reads them one after the other, so `layout` applies to each.
     """
 
     name: str
@@ -41,6 +54,12 @@ class TensorPlan:
     layout: Callable[[np.ndarray], np.ndarray] | None = None
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None
+    parts: tuple[SourceTensor, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[SourceTensor, ...]:
+        """The checkpoint tensors this plan reads."""
+        return (self.source,) if self.source is not None else self.parts
 
     def with_values(self, fn: Callable[[np.ndarray], np.ndarray]) -> TensorPlan:
         return replace(self, values=fn)
@@ -129,6 +148,9 @@ class Converter:
             w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
             w.add_rope_scaling_factor(float(factor))
             w.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+            for key, add in YARN_EXTRAS.items():
+                if rope.get(key) is not None:
+                    add(w, float(rope[key]))
         elif kind not in ("default", "llama3"):  # llama3 is a rope_freqs tensor (llama.py)
             raise BadInput(f"config.json: RoPE scaling {kind!r} is not supported")
 
@@ -137,17 +159,22 @@ class Converter:
     def plans(self) -> list[TensorPlan]:
         """Every tensor to write, in order: the checkpoint's (renamed, adjusted), then extras."""
         out: list[TensorPlan] = []
-        for src in self.ckpt.tensors.values():
-            if src.name.endswith(SKIPPED_SUFFIXES):
+        for hf_name, plan in self.inputs():
+            if hf_name.endswith(SKIPPED_SUFFIXES):
                 continue
-            name = self.rename(src.name)
+            name = self.rename(hf_name)
             if name is None:
                 continue
-            kind = self.kind_of(name)
-            out.extend(self.adjust(TensorPlan(name, src.shape, kind, src), src.name))
+            plan = replace(plan, name=name, kind=self.kind_of(name))
+            out.extend(self.adjust(plan, hf_name))
         out.extend(self.extra())
         self._check(out)
         return out
+
+    def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
+        """(checkpoint name, plan not yet renamed) for each tensor, in checkpoint order."""
+        for src in self.ckpt.tensors.values():
+            yield src.name, TensorPlan(src.name, src.shape, None, src)
 
     def rename(self, hf_name: str) -> str | None:
         """The GGUF name of a checkpoint tensor; None to leave it out."""
@@ -184,3 +211,12 @@ class Converter:
 def computed(name: str, data: np.ndarray, kind: gguf.MODEL_TENSOR | None = None) -> TensorPlan:
     data = np.ascontiguousarray(data, dtype=np.float32)
     return TensorPlan(name, data.shape, kind, data=data)
+
+
+def stacked(name: str, parts: Iterable[SourceTensor]) -> TensorPlan:
+    """One tensor made of `parts` of one shape, stacked on a new first axis, read lazily."""
+    parts = tuple(parts)
+    shapes = {p.shape for p in parts}
+    if len(shapes) != 1:
+        raise BadInput(f"{name}: its {len(parts)} parts have different shapes {sorted(shapes)}")
+    return TensorPlan(name, (len(parts), *parts[0].shape), None, parts=parts)
