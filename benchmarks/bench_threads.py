@@ -77,10 +77,14 @@ def main() -> None:
     best: dict[tuple[str, bool], float] = {}
     chosen: dict[bool, int] = {}
     noise = Noise()
-    for _ in range(args.rounds):
+    names = list(cases)
+    for round_ in range(args.rounds):
+        # Each round starts with another case: the first after a switch runs on a colder machine.
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for busy in (False, True):
             with busy_core(busy):
-                for name, how in cases.items():
+                for name in order:
+                    how = cases[name]
                     if isinstance(how, tuple):
                         tps = llama_bench_tps(tool, model, n, reps, how[1])
                     else:
