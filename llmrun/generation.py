@@ -69,6 +69,7 @@ def prepare(
     cache_type_v: str = "f16",
     verbose: bool = False,
     rpc: str | None = None,
+    n_cpu_moe: int | None = None,
     pull: bool = True,
     progress: Any = None,
     **sampling_flags: Any,
@@ -109,6 +110,7 @@ def prepare(
             cache_type_v=cache_type_v,
             verbose=verbose,
             rpc=parse_rpc(rpc),
+            n_cpu_moe=n_cpu_moe,
         )
     )
     return Prepared(resolved, load, Sampling().merged(params), params.get("system"))

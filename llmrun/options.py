@@ -168,6 +168,7 @@ class Load:
     verbose: bool = False
     parallel: int = 1  # sequences decoded together (serve, --batch)
     rpc: tuple[str, ...] = ()  # RPC workers, host:port, whose devices take layers too
+    n_cpu_moe: int | None = None  # MoE: experts of the first N blocks on the host; None: planned
 
 
 def parse_gpu_layers(text: str) -> int | str:
@@ -218,6 +219,8 @@ def check_load(load: Load) -> Load:
         raise BadOption(f"-c/--ctx-size must be > 0, got {load.ctx_size}")
     if load.threads < 0:
         raise BadOption(f"-t/--threads must be > 0, got {load.threads}")
+    if load.n_cpu_moe is not None and load.n_cpu_moe < 0:
+        raise BadOption(f"--n-cpu-moe must be >= 0, got {load.n_cpu_moe}")
     if load.flash_attn not in FLASH_ATTN_VALUES:
         raise BadOption(f"-fa/--flash-attn must be on, off or auto, got {load.flash_attn!r}")
     for flag, value in (

@@ -162,3 +162,92 @@ def test_run_refuses_a_context_larger_than_memory_before_loading(llmrun, smollm2
     assert r.code == 2
     assert "KV cache" in r.stderr and "use -c" in r.stderr
     assert "llama" not in r.stderr.replace("llmrun", "")  # refused before llama.cpp loaded anything
+
+
+# ---------------------------------------------------------------- MoE: experts on the host first
+
+# A MoE model: 8 blocks of 1000 MiB of which 900 MiB are experts, an output layer of 100 MiB.
+MOE = ModelShape(
+    n_layers=8,
+    layer_bytes=(1000 * MIB,) * 8,
+    output_bytes=100 * MIB,
+    n_embd=2048,
+    n_vocab=32768,
+    n_head=16,
+    kv_elems_per_token=4 * (128 + 128),
+    n_ctx_train=32768,
+    expert_bytes=(900 * MIB,) * 8,
+)
+
+
+def test_moe_that_fits_keeps_its_experts_on_the_gpu() -> None:
+    plan = plan_offload(MOE, [gpu(40)], ctx=4096)
+    assert plan.n_gpu_layers == 9 and plan.cpu_moe == 0
+
+
+@pytest.mark.parametrize("free_gib", [3, 4.5, 6, 8])
+def test_moe_on_a_small_gpu_puts_experts_on_the_host_not_layers(free_gib: float) -> None:
+    """Attention and shared weights all go to the GPU; as few blocks' experts as needed stay
+    on the host, and the GPU's share is never over its budget."""
+    plan = plan_offload(MOE, [gpu(free_gib, total_gib=24)], ctx=4096)
+    device, cpu = plan.placements
+    assert plan.n_gpu_layers == 9, plan.describe()  # every layer on the GPU
+    assert 0 < plan.cpu_moe <= 8 and device.fits
+    assert cpu.weight_bytes == plan.cpu_moe * 900 * MIB  # the host holds experts only
+    assert device.weight_bytes == 8 * 1000 * MIB + 100 * MIB - cpu.weight_bytes
+    one_fewer = plan_offload(MOE, [gpu(free_gib, 24)], ctx=4096, n_cpu_moe=plan.cpu_moe - 1)
+    assert not one_fewer.placements[0].fits or one_fewer.n_gpu_layers < 9  # the fewest
+    assert f"experts of the first {plan.cpu_moe} layers on the CPU" in plan.describe()
+
+
+def test_moe_on_a_tiny_gpu_keeps_all_experts_home_and_offloads_what_fits() -> None:
+    plan = plan_offload(MOE, [gpu(1.2, total_gib=8)], ctx=4096)
+    assert plan.cpu_moe == 8 and 0 < plan.n_gpu_layers < 9
+    assert plan.placements[0].fits
+    assert plan.placements[0].weight_bytes <= plan.n_gpu_layers * 100 * MIB
+
+
+def test_n_cpu_moe_is_taken_as_given() -> None:
+    plan = plan_offload(MOE, [gpu(40)], ctx=4096, n_cpu_moe=3)
+    assert plan.cpu_moe == 3 and plan.n_gpu_layers == 9
+    assert plan.placements[1].weight_bytes == 3 * 900 * MIB
+    assert plan_offload(MOE, [gpu(40)], ctx=4096, n_cpu_moe=99).cpu_moe == 8
+    assert plan_offload(BIG, [gpu(40)], ctx=4096, n_cpu_moe=3).cpu_moe == 0  # dense: no experts
+
+
+def test_moe_with_no_gpu_still_takes_n_cpu_moe() -> None:
+    assert plan_offload(MOE, [], ctx=4096, n_cpu_moe=1).cpu_moe == 1
+    assert plan_offload(MOE, [], ctx=4096).cpu_moe == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llmrun.quantize import quantize
+    from tests.quantize_fixtures import tiny_checkpoint
+
+    out = tmp_path_factory.mktemp("moe") / "moe-Q8_0.gguf"
+    return quantize(str(tiny_checkpoint("qwen3moe")), type="Q8_0", output=out, check=False).path
+
+
+def test_shape_of_a_real_moe_gguf(tiny_moe: Path) -> None:
+    shape = ModelShape.from_gguf(read_info(tiny_moe))
+    assert len(shape.expert_bytes) == shape.n_layers
+    assert all(0 < e < b for e, b in zip(shape.expert_bytes, shape.layer_bytes, strict=True))
+
+
+@pytest.mark.slow
+def test_n_cpu_moe_loads_a_real_moe_model_on_cpu(tiny_moe: Path, llmrun) -> None:
+    """llama.cpp is given the override: block 0's experts are placed in the CPU buffer."""
+    r = llmrun("run", str(tiny_moe), "hi", "-n", "4", "--n-cpu-moe", "1", "-v")
+    assert r.code == 0, r.stderr
+    assert "experts of the first 1 layers on the CPU" in r.stderr
+    overridden = re.findall(
+        r"tensor (blk\.\d+\.\w+)\.weight .* buffer type overridden to CPU", r.stderr
+    )
+    assert sorted(overridden) == [
+        "blk.0.ffn_down_exps",
+        "blk.0.ffn_gate_exps",
+        "blk.0.ffn_up_exps",
+    ]
+    bad = llmrun("run", str(tiny_moe), "hi", "--n-cpu-moe", "-1")
+    assert bad.code == 2 and bad.stderr == "error: --n-cpu-moe must be >= 0, got -1\n"

@@ -180,6 +180,16 @@ RpcOpt = Annotated[
         show_default=False,
     ),
 ]
+NCpuMoeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-cpu-moe",
+        metavar="N",
+        help="MoE models: keep the experts of the first N layers on the CPU. "
+        "[default: as few as make the rest fit the GPU]",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 ChatTemplateOpt = Annotated[
     Path | None,
@@ -244,6 +254,7 @@ class GenerationOptions:
     cache_type_v: str = "f16"
     verbose: bool = False
     rpc: str | None = None
+    n_cpu_moe: int | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The keywords the library takes for sampling (temp=..., stop=...)."""
@@ -276,6 +287,7 @@ FLAG_PARAMS: dict[str, Any] = {
     "cache_type_v": CacheTypeVOpt,
     "verbose": VerboseOpt,
     "rpc": RpcOpt,
+    "n_cpu_moe": NCpuMoeOpt,
 }
 ALL_FLAGS = tuple(FLAG_PARAMS)
 

@@ -26,6 +26,7 @@ from llmrun.engine.offload import (
     ModelShape,
     Plan,
     check_host_context,
+    experts_pattern,
     host_available,
     plan_offload,
 )
@@ -103,6 +104,27 @@ class PrefixStore(Protocol):
         ...
 
 
+class _BuftOverride(ctypes.Structure):
+    """struct llama_model_tensor_buft_override (llama.h); llama-cpp-python has no binding."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def experts_on_host(layers: int) -> ctypes.Array[_BuftOverride] | None:
+    """A NULL-terminated override list: the experts of blocks 0..layers-1 in host memory,
+    as llama.cpp's --n-cpu-moe builds it; None when there is nothing to override."""
+    if layers <= 0:
+        return None
+    buft = system.cpu_buffer_type()
+    if buft is None:
+        raise EngineError("--n-cpu-moe: this llama.cpp build has no CPU buffer type to name")
+    overrides = (_BuftOverride * (layers + 1))()
+    for i in range(layers):
+        overrides[i].pattern = experts_pattern(i).encode()
+        overrides[i].buft = buft
+    return overrides  # the last entry stays zeroed: the terminator
+
+
 def extra_buffers_safe() -> bool:
     """Whether llama.cpp may use its extra CPU buffer types (AMX, weight repacking).
 
@@ -138,6 +160,7 @@ def plan_for(path: Path, load: Load) -> Plan:
         request=load.n_gpu_layers,
         cache_type_k=load.cache_type_k,
         cache_type_v=load.cache_type_v,
+        n_cpu_moe=load.n_cpu_moe,
     )
     check_host_context(plan, shape, host_available(), load.cache_type_k, load.cache_type_v)
     return plan
@@ -171,6 +194,10 @@ class Model:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = self.plan.n_gpu_layers
         mparams.use_extra_bufts = extra_buffers_safe()
+        # Kept on self: llama.cpp reads the patterns while loading.
+        self._overrides = experts_on_host(self.plan.cpu_moe)
+        if self._overrides is not None:
+            mparams.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise EngineError(

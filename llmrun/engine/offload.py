@@ -39,6 +39,14 @@ N_UBATCH = 512  # the engine's micro-batch; the compute buffer scales with it
 CONTEXT_STEP = 256  # llama.cpp pads the context to a multiple of 256
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+# A MoE block's expert tensors (llama.cpp's --cpu-moe pattern), kept on the host first when
+# the model does not fit: they are most of its bytes and few of its reads per token.
+_EXPERTS = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_exps\.")
+
+
+def experts_pattern(layer: int) -> str:
+    """The regex llama.cpp's tensor_buft_overrides matches for layer `layer`'s experts."""
+    return rf"blk\.{layer}\.ffn_(up|down|gate|gate_up)_exps"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class ModelShape:
     n_head: int
     kv_elems_per_token: int  # K + V elements per token per layer (n_embd_k_gqa + n_embd_v_gqa)
     n_ctx_train: int
+    expert_bytes: tuple[int, ...] = ()  # of each block's expert tensors; () for a dense model
 
     @classmethod
     def from_gguf(cls, info: GgufInfo) -> ModelShape:
@@ -75,11 +84,13 @@ class ModelShape:
             return int(max(value) if isinstance(value, (list, tuple)) else value)
 
         n_layers = info.block_count or num("block_count")
-        layer_bytes = [0] * n_layers
+        layer_bytes, expert_bytes = [0] * n_layers, [0] * n_layers
         for name, size in info.tensor_bytes.items():
             match = _BLOCK.match(name)
             if match and int(match.group(1)) < n_layers:
                 layer_bytes[int(match.group(1))] += size
+                if _EXPERTS.match(name):
+                    expert_bytes[int(match.group(1))] += size
         tensors = info.tensor_bytes
         # Tied embeddings: llama.cpp copies token_embd to the GPU as the output layer.
         output = tensors.get("output.weight", tensors.get("token_embd.weight", 0))
@@ -97,6 +108,7 @@ class ModelShape:
             n_head=n_head,
             kv_elems_per_token=n_head_kv * (head_k + head_v),
             n_ctx_train=info.context_length or 0,
+            expert_bytes=tuple(expert_bytes) if any(expert_bytes) else (),
         )
 
 
@@ -127,6 +139,7 @@ class Plan:
     ctx: int
     placements: tuple[Placement, ...]  # GPU devices, then "CPU" for the rest
     reason: str  # how the count was chosen
+    cpu_moe: int = 0  # the first blocks whose experts stay on the host, as --n-cpu-moe
 
     @property
     def fits(self) -> bool:
@@ -135,6 +148,8 @@ class Plan:
     def describe(self) -> str:
         """One line per device, for -v."""
         lines = [f"offload: {self.n_gpu_layers}/{self.n_layers + 1} layers on GPU ({self.reason})"]
+        if self.cpu_moe:
+            lines.append(f"  experts of the first {self.cpu_moe} layers on the CPU")
         for p in self.placements:
             lines.append(
                 f"  {p.device}: {p.layers} layers, weights {p.weight_bytes / MIB:.0f} MiB, "
@@ -176,11 +191,22 @@ def _split(k: int, devices: Sequence[Device]) -> list[int]:
 
 
 def _placements(
-    shape: ModelShape, devices: Sequence[Device], k: int, ctx: int, type_k: str, type_v: str
+    shape: ModelShape,
+    devices: Sequence[Device],
+    k: int,
+    ctx: int,
+    type_k: str,
+    type_v: str,
+    cpu_moe: int = 0,
 ) -> tuple[Placement, ...]:
-    """Where the last k layers go (k == n_layers + 1 includes the output layer)."""
+    """Where the last k layers go (k == n_layers + 1 includes the output layer), the
+    experts of the first `cpu_moe` blocks staying on the host."""
     # Offloaded blocks are the last ones; index n_layers stands for the output layer.
-    sizes = [*shape.layer_bytes, shape.output_bytes]
+    kept = [
+        shape.expert_bytes[i] if i < cpu_moe and shape.expert_bytes else 0
+        for i in range(shape.n_layers)
+    ]
+    sizes = [*(b - e for b, e in zip(shape.layer_bytes, kept, strict=True)), shape.output_bytes]
     offloaded = list(range(shape.n_layers + 1 - k, shape.n_layers + 1))
     result, start = [], 0
     for device, count in zip(devices, _split(k, devices), strict=True):
@@ -202,7 +228,7 @@ def _placements(
         Placement(
             device="CPU",
             layers=shape.n_layers + 1 - k,
-            weight_bytes=sum(sizes[: shape.n_layers + 1 - k]),
+            weight_bytes=sum(sizes[: shape.n_layers + 1 - k]) + sum(kept),
             kv_bytes=kv_bytes(shape, ctx, cpu_blocks, type_k, type_v),
             compute_bytes=compute_bytes(shape, ctx),
             budget=None,
@@ -219,22 +245,35 @@ def plan_offload(
     request: int | str = "auto",
     cache_type_k: str = "f16",
     cache_type_v: str = "f16",
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """Choose the layer count for -ngl N|auto|all on these GPU devices.
 
     auto: as many layers as fit every device's budget; all: everything or a
     clear error with the numbers; N: exactly N (capped at the model's layers).
+    A MoE model that does not fit keeps experts on the host first, from the first
+    block on, as few as needed; `n_cpu_moe` fixes that count instead.
     """
     most = shape.n_layers + 1
+    moe = min(n_cpu_moe, shape.n_layers) if n_cpu_moe is not None and shape.expert_bytes else 0
 
-    def place(k: int) -> tuple[Placement, ...]:
-        return _placements(shape, devices, k, ctx, cache_type_k, cache_type_v)
+    def place(k: int, m: int | None = None) -> tuple[Placement, ...]:
+        m = moe if m is None else m  # read at call time: moe changes below
+        return _placements(shape, devices, k, ctx, cache_type_k, cache_type_v, m)
+
+    def plan(k: int, reason: str, m: int | None = None) -> Plan:
+        m = moe if m is None else m
+        return Plan(k, shape.n_layers, ctx, place(k, m), reason, m)
 
     if not devices:
-        return Plan(0, shape.n_layers, ctx, place(0), "no GPU device")
+        return plan(0, "no GPU device")
     if isinstance(request, int):
-        k = min(request, most)
-        return Plan(k, shape.n_layers, ctx, place(k), "as requested")
+        return plan(min(request, most), "as requested")
+    if n_cpu_moe is None and shape.expert_bytes and not all(p.fits for p in place(most)):
+        for m in range(1, shape.n_layers + 1):  # every layer on the GPU, its experts not
+            if all(p.fits for p in place(most, m)):
+                return plan(most, f"{request}: experts on the CPU first", m)
+        moe = shape.n_layers  # not even then: all experts on the host, and fewer layers
     if request == "all":
         placements = place(most)
         if not all(p.fits for p in placements):
@@ -245,12 +284,11 @@ def plan_offload(
                 f"usable at context {ctx}",
                 "use -ngl auto, a smaller -c/--ctx-size, or -ctk/-ctv q8_0",
             )
-        return Plan(most, shape.n_layers, ctx, placements, "all layers")
+        return plan(most, "all layers")
     for k in range(most, -1, -1):
-        placements = place(k)
-        if all(p.fits for p in placements):
-            return Plan(k, shape.n_layers, ctx, placements, "auto: as many as fit")
-    return Plan(0, shape.n_layers, ctx, place(0), "auto: nothing fits")  # pragma: no cover
+        if all(p.fits for p in place(k)):
+            return plan(k, "auto: as many as fit")
+    return plan(0, "auto: nothing fits")  # pragma: no cover
 
 
 def host_available() -> int | None:

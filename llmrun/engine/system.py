@@ -48,6 +48,8 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ggml_backend_reg_get_proc_address": (_vp, (_vp, ctypes.c_char_p)),
     "ggml_backend_register": (None, (_vp,)),
     "ggml_set_abort_callback": (_vp, (_vp,)),
+    "ggml_backend_dev_by_type": (_vp, (ctypes.c_int,)),
+    "ggml_backend_dev_buffer_type": (_vp, (_vp,)),
 }
 
 
@@ -120,6 +122,15 @@ def devices() -> list[dict[str, Any]]:
             item["memory_free"], item["memory_total"] = free.value, total.value
         found.append(item)
     return found
+
+
+def cpu_buffer_type() -> int | None:
+    """The CPU device's buffer type (ggml_backend_buffer_type_t), for tensor overrides."""
+    by_type, buft = bind("ggml_backend_dev_by_type"), bind("ggml_backend_dev_buffer_type")
+    if by_type is None or buft is None:
+        return None
+    dev = by_type(DEVICE_TYPES.index("cpu"))
+    return buft(dev) if dev else None
 
 
 def is_gpu(device: dict[str, Any]) -> bool:

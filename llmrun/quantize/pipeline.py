@@ -125,7 +125,7 @@ class _Job:
             with store.atomic_write(out) as tmp:
                 progress.stage(f"quantizing to {qtype.name} with llama.cpp")
                 llama_quantize(self.source.path, tmp, qtype, progress)
-                _check(tmp, None, check, progress)
+                _check(tmp, out, None, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, self.source.path)
             return result
@@ -135,7 +135,7 @@ class _Job:
             with store.atomic_write(out) as tmp:
                 progress.stage(f"converting to {qtype.name}")
                 self.write(tmp, qtype, progress)
-                _check(tmp, self.vocab.reference, check, progress)
+                _check(tmp, out, self.vocab.reference, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, None)
             return result
@@ -151,7 +151,7 @@ class _Job:
             with store.atomic_write(out) as tmp:
                 progress.stage(f"quantizing to {qtype.name} with llama.cpp")
                 llama_quantize(inter, tmp, qtype, progress)
-                _check(tmp, self.vocab.reference, check, progress)
+                _check(tmp, out, self.vocab.reference, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, inter)
         finally:
@@ -180,11 +180,15 @@ def _prepare(source: Source, progress: QuantizeProgress) -> _Job:
 
 
 def _check(
-    path: Path, reference: Reference | None, check: bool, progress: QuantizeProgress
+    path: Path,
+    out: Path,
+    reference: Reference | None,
+    check: bool,
+    progress: QuantizeProgress,
 ) -> None:
     if check:
         progress.stage("checking the file with llama.cpp")
-        self_check(path, reference)
+        self_check(path, reference, shown=out)
         progress.end()
 
 
