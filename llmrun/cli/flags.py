@@ -180,6 +180,15 @@ RpcOpt = Annotated[
         show_default=False,
     ),
 ]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        metavar="FILE[:SCALE]",
+        help="Apply a LoRA adapter GGUF, scaled (default 1.0); repeatable.",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 ChatTemplateOpt = Annotated[
     Path | None,
@@ -244,6 +253,7 @@ class GenerationOptions:
     cache_type_v: str = "f16"
     verbose: bool = False
     rpc: str | None = None
+    lora: list[str] | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The keywords the library takes for sampling (temp=..., stop=...)."""
@@ -276,6 +286,7 @@ FLAG_PARAMS: dict[str, Any] = {
     "cache_type_v": CacheTypeVOpt,
     "verbose": VerboseOpt,
     "rpc": RpcOpt,
+    "lora": LoraOpt,
 }
 ALL_FLAGS = tuple(FLAG_PARAMS)
 

@@ -1,0 +1,216 @@
+"""LoRA adapters: `--lora FILE[:SCALE]` at run time, and PEFT adapters converted to GGUF.
+
+A PEFT adapter is made here on the tiny random llama checkpoint (random lora_B: PEFT
+starts it at zero, which would make the adapter a no-op), with transformers' logits of
+the merged model as the reference. Our conversion is compared with llama.cpp's own
+convert_lora_to_gguf.py, tensor for tensor, and llama.cpp's logits with the adapter
+applied with transformers'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.quantize_fixtures import PROMPTS, cached, tiny_checkpoint
+
+RANK = 8
+ALPHA = 16
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_CPP_SRC = Path.home() / ".cache" / "llmrun-ci" / "llama.cpp-0.3.36" / "src"
+
+
+def peft_adapter() -> Path:
+    """A PEFT LoRA adapter of the tiny llama checkpoint (adapter/), with merged/: the merged
+    model's float32 logits for PROMPTS, and its weights as a checkpoint (for --merge-lora's
+    reference)."""
+    recipe = hashlib.sha256(json.dumps([RANK, ALPHA, TARGETS, 1]).encode()).hexdigest()[:8]
+
+    def build(out: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(1)
+        base = tiny_checkpoint("llama")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(TARGETS))
+        model = get_peft_model(model, config)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(0.05 * torch.randn_like(p))
+        model.save_pretrained(out / "adapter")
+        merged = model.merge_and_unload().eval()
+        tok = AutoTokenizer.from_pretrained(base)
+        refs = []
+        for i, prompt in enumerate(PROMPTS):
+            ids = tok(prompt)["input_ids"]
+            with torch.no_grad():
+                logits = merged(torch.tensor([ids])).logits[0].float().numpy()
+            np.save(out / f"logits-{i}.npy", logits)
+            refs.append({"prompt": prompt, "ids": ids, "logits": f"logits-{i}.npy"})
+        (out / "reference.json").write_text(json.dumps(refs, ensure_ascii=False))
+
+    return cached(f"lora-tiny-llama-{recipe}", build)
+
+
+def reference(folder: Path) -> list[tuple[list[int], np.ndarray]]:
+    refs = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
+    return [(r["ids"], np.load(folder / r["logits"])) for r in refs]
+
+
+def llama_cpp_convert(adapter: Path, base: Path, out: Path, outtype: str = "f32") -> Path:
+    """llama.cpp's convert_lora_to_gguf.py, from the sdist of the installed version (it finds
+    its own gguf-py and conversion/ package beside itself)."""
+    script = LLAMA_CPP_SRC / "convert_lora_to_gguf.py"
+    if not script.is_file():
+        pytest.skip(f"llama.cpp's sources are not at {LLAMA_CPP_SRC}")
+    cmd = [sys.executable, str(script), str(adapter), "--base", str(base)]
+    cmd += ["--outtype", outtype, "--outfile", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The base model as an F32 GGUF, and llama.cpp's F32 conversion of the adapter."""
+    import torch
+
+    from llmrun.quantize import quantize
+
+    torch.set_num_threads(1)
+    made = peft_adapter()
+    tmp = tmp_path_factory.mktemp("lora")
+    ckpt = tiny_checkpoint("llama")
+    base = quantize(str(ckpt), type="F32", output=tmp / "base-F32.gguf").path
+    theirs = llama_cpp_convert(made / "adapter", ckpt, tmp / "theirs-F32.gguf")
+    return {"made": made, "ckpt": ckpt, "base": base, "theirs": theirs, "tmp": tmp}
+
+
+def adapted_logits(base: Path, adapter: Path, ids: list[int], scale: float = 1.0) -> np.ndarray:
+    from dataclasses import replace
+
+    from llmrun.engine import load_model
+    from llmrun.options import Adapter
+    from tests.quantize_checks import EXACT
+
+    model = load_model(base, replace(EXACT, lora=(Adapter(adapter, scale),)))
+    try:
+        return model.logits(ids)
+    finally:
+        model.close()
+
+
+# ---------------------------------------------------------------- run time: --lora
+
+
+@pytest.mark.slow
+def test_llama_cpp_adapter_matches_merged_transformers(files: dict[str, Path]) -> None:
+    """The engine applies an adapter as transformers' merged model computes (the reference
+    adapter file is llama.cpp's own conversion)."""
+    from tests.quantize_checks import llama_logits, relative_error
+
+    for ids, want in reference(files["made"]):
+        err = relative_error(adapted_logits(files["base"], files["theirs"], ids), want)
+        assert err < 1e-3, f"logits differ by {err:.2e} (relative)"
+        plain = relative_error(llama_logits(files["base"], ids), want)
+        assert plain > 1e-2, "the adapter changes nothing: the test would prove nothing"
+
+
+@pytest.mark.slow
+def test_scale_zero_is_the_base_model(files: dict[str, Path]) -> None:
+    from tests.quantize_checks import llama_logits, relative_error
+
+    ids, _ = reference(files["made"])[0]
+    got = adapted_logits(files["base"], files["theirs"], ids, scale=0.0)
+    assert relative_error(got, llama_logits(files["base"], ids)) < 1e-6
+
+
+RUN = ("--temp", "0", "-n", "8", "--raw", "--no-cache", "-c", "256", "-t", "1")
+
+
+@pytest.mark.slow
+def test_run_with_lora_differs_from_without(files: dict[str, Path], llmrun) -> None:
+    base, adapter = str(files["base"]), str(files["theirs"])
+    plain = llmrun("run", base, "The quick brown fox", *RUN)
+    assert plain.code == 0, plain.stderr
+    adapted = llmrun("run", base, "The quick brown fox", *RUN, "--lora", adapter, "-v")
+    assert adapted.code == 0, adapted.stderr
+    assert adapted.stdout and adapted.stdout != plain.stdout
+    assert f"lora: {adapter} (scale 1)" in adapted.stderr
+    again = llmrun("run", base, "The quick brown fox", *RUN, "--lora", f"{adapter}:1.0")
+    assert again.stdout == adapted.stdout
+
+
+def test_lora_flag_parsing(tmp_path: Path) -> None:
+    from llmrun.errors import BadOption
+    from llmrun.options import Adapter, parse_lora
+
+    assert parse_lora(["a.gguf", "b.gguf:0.5", "c:d.gguf"]) == (
+        Adapter(Path("a.gguf")),
+        Adapter(Path("b.gguf"), 0.5),
+        Adapter(Path("c:d.gguf")),
+    )
+    for bad in ("", "a.gguf:nan", "a.gguf:inf"):
+        with pytest.raises(BadOption):
+            parse_lora([bad])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["missing", "model", "not_gguf", "other_base"])
+def test_bad_adapter_is_one_error_line(
+    which: str, files: dict[str, Path], smollm2: Path, llmrun
+) -> None:
+    base, adapter = files["base"], files["theirs"]
+    not_gguf = files["tmp"] / "notes.txt"
+    not_gguf.write_text("not a model\n")
+    given, model = {
+        "missing": (files["tmp"] / "nope.gguf", base),
+        "model": (smollm2, base),  # a model where an adapter belongs
+        "not_gguf": (not_gguf, base),
+        "other_base": (adapter, smollm2),  # llama too, but other shapes
+    }[which]
+    result = llmrun("run", str(model), "hi", *RUN, "--lora", str(given))
+    assert result.code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    want = {
+        "missing": "no such file",
+        "model": "is not a LoRA adapter",
+        "not_gguf": "is not a GGUF file",
+        "other_base": "does not fit",
+    }[which]
+    assert want in lines[0]
+
+
+@pytest.mark.slow
+def test_prompt_cache_key_holds_the_adapters(files: dict[str, Path]) -> None:
+    from dataclasses import replace
+
+    from llmrun.engine import load_model
+    from llmrun.options import Adapter
+    from llmrun.promptcache import model_identity
+    from tests.quantize_checks import EXACT
+
+    identities = []
+    for lora in ((), (Adapter(files["theirs"]),), (Adapter(files["theirs"], 0.5),)):
+        with load_model(files["base"], replace(EXACT, lora=lora)) as model:
+            identities.append(model_identity(model))
+    assert "lora" not in identities[0]  # keys made before adapters existed stay valid
+    entry = identities[1]["lora"][0]
+    assert entry["path"] == str(files["theirs"].resolve()) and entry["scale"] == 1.0
+    assert entry["size"] == files["theirs"].stat().st_size and entry["mtime_ns"]
+    assert len({json.dumps(i, sort_keys=True) for i in identities}) == 3
