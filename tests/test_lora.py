@@ -214,3 +214,148 @@ def test_prompt_cache_key_holds_the_adapters(files: dict[str, Path]) -> None:
     assert entry["path"] == str(files["theirs"].resolve()) and entry["scale"] == 1.0
     assert entry["size"] == files["theirs"].stat().st_size and entry["mtime_ns"]
     assert len({json.dumps(i, sort_keys=True) for i in identities}) == 3
+
+
+# ---------------------------------------------------------------- conversion: --lora-base
+
+# Keys llama.cpp's converter takes from the adapter's model card (README.md): descriptive,
+# read by nothing. general.name is its title-cased folder name; ours is the folder's name.
+CARD_KEYS = ("general.base_model.", "general.tags", "general.license", "general.languages")
+
+
+def gguf_contents(path: Path) -> tuple[dict[str, object], dict[str, object]]:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    meta = {
+        f.name: f.contents()
+        for f in reader.fields.values()
+        if not f.name.startswith(("GGUF.", *CARD_KEYS))
+    }
+    return meta, {t.name: t for t in reader.tensors}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_conversion_equals_llama_cpps(qtype: str, files: dict[str, Path], llmrun) -> None:
+    adapter = files["made"] / "adapter"
+    theirs = files["theirs"]
+    if qtype != "F32":
+        theirs = llama_cpp_convert(adapter, files["ckpt"], files["tmp"] / f"theirs-{qtype}.gguf",
+                                   qtype.lower())  # fmt: skip
+    out = files["tmp"] / f"ours-{qtype}.gguf"
+    result = llmrun("quantize", str(adapter), "--lora-base", str(files["ckpt"]),
+                    "--type", qtype, "-o", str(out))  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    ours_meta, ours = gguf_contents(out)
+    their_meta, their = gguf_contents(theirs)
+    assert ours_meta.pop("general.name") == "adapter"
+    their_meta.pop("general.name")
+    assert ours_meta == their_meta
+    assert ours_meta["general.type"] == "adapter" and ours_meta["adapter.lora.alpha"] == ALPHA
+    assert ours.keys() == their.keys()
+    assert any(name.endswith("attn_q.weight.lora_b") for name in ours)
+    for name, t in ours.items():
+        other = their[name]
+        assert t.tensor_type == other.tensor_type, name
+        assert list(t.shape) == list(other.shape), name
+        assert np.array_equal(np.asarray(t.data), np.asarray(other.data)), name
+
+
+@pytest.mark.slow
+def test_our_adapter_matches_merged_transformers(files: dict[str, Path]) -> None:
+    from llmrun.quantize.lora import convert_adapter
+    from tests.quantize_checks import relative_error
+
+    out = files["tmp"] / "ours-logits-F32.gguf"
+    convert_adapter(files["made"] / "adapter", str(files["ckpt"]), type="F32", output=out)
+    for ids, want in reference(files["made"]):
+        err = relative_error(adapted_logits(files["base"], out, ids), want)
+        assert err < 1e-3, f"logits differ by {err:.2e} (relative)"
+
+
+@pytest.mark.slow
+def test_default_output_is_beside_the_adapter(files: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from llmrun.ggufinfo import read_info
+    from llmrun.quantize.lora import convert_adapter
+
+    adapter = shutil.copytree(files["made"] / "adapter", tmp_path / "my-adapter")
+    done = convert_adapter(adapter, str(files["ckpt"]))
+    assert done.path == adapter / "my-adapter-F16.gguf"
+    assert read_info(done.path).metadata["general.type"] == "adapter"
+    assert not [p for p in adapter.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert convert_adapter(adapter, str(files["ckpt"])).kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["not_adapter", "gguf_base", "other_base", "k_quant"])
+def test_bad_conversion_is_one_error_line(
+    which: str, files: dict[str, Path], llmrun, tmp_path: Path
+) -> None:
+    adapter, ckpt = files["made"] / "adapter", files["ckpt"]
+    args, want = {
+        "not_adapter": ([str(ckpt), "--lora-base", str(ckpt)], "is not a PEFT adapter"),
+        "gguf_base": ([str(adapter), "--lora-base", str(files["base"])], "is a GGUF file"),
+        "other_base": ([str(adapter), "--lora-base", str(tiny_checkpoint("qwen3"))], "adapter"),
+        "k_quant": ([str(adapter), "--lora-base", str(ckpt), "--type", "Q4_K_M"], "F16"),
+    }[which]
+    result = llmrun("quantize", *args, "-o", str(tmp_path / "x.gguf"))
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and want in lines[0], result.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
+# ---------------------------------------------------------------- --merge-lora
+
+
+@pytest.fixture(scope="module")
+def merged(files: dict[str, Path]) -> Path:
+    """The checkpoint with the adapter merged by llmrun, as F32, in the store."""
+    from llmrun.quantize import quantize
+
+    result = quantize(
+        str(files["ckpt"]), type="F32", merge_lora=files["made"] / "adapter", check=False,
+        output=files["tmp"] / "merged-F32.gguf",
+    )  # fmt: skip
+    return result.path
+
+
+@pytest.mark.slow
+def test_merged_logits_match_merged_transformers(merged: Path, files: dict[str, Path]) -> None:
+    from tests.quantize_checks import llama_logits, relative_error
+
+    for ids, want in reference(files["made"]):
+        err = relative_error(llama_logits(merged, ids), want)
+        assert err < 1e-3, f"logits differ by {err:.2e} (relative)"
+
+
+@pytest.mark.slow
+def test_run_with_lora_equals_the_merged_model(
+    merged: Path, files: dict[str, Path], llmrun
+) -> None:
+    from llmrun.quantize.lora import convert_adapter
+
+    ours = files["tmp"] / "ours-run-F32.gguf"
+    convert_adapter(files["made"] / "adapter", str(files["ckpt"]), type="F32", output=ours)
+    prompt = "The quick brown fox"
+    adapted = llmrun("run", str(files["base"]), prompt, *RUN, "--lora", str(ours))
+    baked = llmrun("run", str(merged), prompt, *RUN)
+    plain = llmrun("run", str(files["base"]), prompt, *RUN)
+    assert adapted.code == baked.code == plain.code == 0, adapted.stderr + baked.stderr
+    assert adapted.stdout == baked.stdout != plain.stdout
+
+
+@pytest.mark.slow
+def test_merge_into_the_store_and_quantize(files: dict[str, Path], llmrun) -> None:
+    """Without -o the merged model gets its own store name; K-quants go through llama.cpp."""
+    result = llmrun("quantize", str(files["ckpt"]), "--merge-lora", str(files["made"] / "adapter"),
+                    "--type", "Q4_K_M")  # fmt: skip
+    assert result.code == 0, result.stderr
+    out = Path(result.stdout.strip())
+    assert out.name == "tiny-llama-adapter-Q4_K_M.gguf" and out.is_file()
+    again = llmrun("run", str(out), "The quick", *RUN)
+    assert again.code == 0 and again.stdout, again.stderr
