@@ -359,3 +359,33 @@ def test_merge_into_the_store_and_quantize(files: dict[str, Path], llmrun) -> No
     assert out.name == "tiny-llama-adapter-Q4_K_M.gguf" and out.is_file()
     again = llmrun("run", str(out), "The quick", *RUN)
     assert again.code == 0 and again.stdout, again.stderr
+
+
+# ---------------------------------------------------------------- serve
+
+
+def test_serve_lora_needs_a_model(llmrun, tmp_path: Path) -> None:
+    result = llmrun("serve", "--lora", str(tmp_path / "a.gguf"), "--port", "0")
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--lora needs a MODEL" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_applies_the_adapters_to_model(files: dict[str, Path], llmrun) -> None:
+    from tests.test_serve import start_server, stop_server
+
+    prompt, base, adapter = "The quick brown fox", files["base"], files["theirs"]
+    want = llmrun("run", str(base), prompt, *RUN, "--lora", str(adapter))
+    plain = llmrun("run", str(base), prompt, *RUN)
+    assert want.code == plain.code == 0 and want.stdout != plain.stdout
+    home = files["tmp"] / "serve-home"
+    srv = start_server(base, home, "--lora", str(adapter), "-c", "256", "--parallel", "1")
+    try:
+        texts = [
+            srv.client().completions.create(model=name, prompt=prompt, max_tokens=8).choices[0].text
+            for name in ("x", str(base))  # an unknown name: MODEL; MODEL's own path: MODEL too
+        ]
+    finally:
+        assert stop_server(srv) == 0
+    assert texts[0] == texts[1] == want.stdout.rstrip("\n")
