@@ -389,3 +389,49 @@ def test_serve_applies_the_adapters_to_model(files: dict[str, Path], llmrun) -> 
     finally:
         assert stop_server(srv) == 0
     assert texts[0] == texts[1] == want.stdout.rstrip("\n")
+
+
+@pytest.mark.slow
+def test_serve_per_request_lora(files: dict[str, Path], llmrun) -> None:
+    """llama-server's `lora` field: scales per request over serve's --lora list (0 for an
+    adapter left out); requests under other scales never share KV cells or a batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_serve import start_server, stop_server
+
+    prompt = "The quick brown fox jumps over the lazy dog, and then the dog"  # > 8 tokens
+    base, adapter = files["base"], files["theirs"]
+    want = {
+        1.0: llmrun("run", str(base), prompt, *RUN, "--lora", str(adapter)).stdout.rstrip("\n"),
+        0.0: llmrun("run", str(base), prompt, *RUN).stdout.rstrip("\n"),
+        0.5: llmrun("run", str(base), prompt, *RUN, "--lora", f"{adapter}:0.5").stdout.rstrip(),
+    }
+    assert len(set(want.values())) == 3
+    home = files["tmp"] / "serve-per-request"
+    srv = start_server(base, home, "--lora", str(adapter), "-c", "512", "--parallel", "2")
+
+    def complete(lora: list[dict[str, float]] | None) -> str:
+        extra = {} if lora is None else {"lora": lora}
+        answer = srv.client().completions.create(
+            model="x", prompt=prompt, max_tokens=8, extra_body=extra
+        )
+        return answer.choices[0].text
+
+    try:
+        # One after another: the second finds the first's cells, made under other scales.
+        assert complete(None) == want[1.0]
+        assert complete([{"id": 0, "scale": 0.0}]) == want[0.0]
+        assert complete([]) == want[0.0]  # left out: scale 0, as in llama-server
+        assert complete([{"id": 0, "scale": 0.5}]) == want[0.5]
+        # At once: three scales, two sequences decoding in separate batches.
+        asks = [None, [{"id": 0, "scale": 0.0}], [{"id": 0, "scale": 0.5}]] * 2
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(complete, asks))
+        assert got == [want[1.0], want[0.0], want[0.5]] * 2
+        status, body = srv.request(
+            "POST", "/v1/completions",
+            json.dumps({"prompt": "hi", "max_tokens": 1, "lora": [{"id": 1, "scale": 1}]}).encode(),
+        )  # fmt: skip
+        assert status == 400 and "no LoRA adapter with id 1" in json.dumps(body), body
+    finally:
+        assert stop_server(srv) == 0

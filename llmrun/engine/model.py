@@ -161,6 +161,7 @@ class Model:
         self._ctx = None
         self._batch = None
         self._adapters: list[llama_cpp.llama_adapter_lora_p] = []
+        self._scales: tuple[float, ...] = ()  # the adapters' scales on the context now
         self._cached: list[int] = []  # tokens whose K/V are in the context, in order
         started = time.perf_counter()
         logs.install(load.verbose)
@@ -235,12 +236,26 @@ class Model:
                     "the adapter must be made for this base model",
                 )
             self._adapters.append(handle)
-        n = len(self._adapters)
-        handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*self._adapters)
-        scales = (ctypes.c_float * n)(*(a.scale for a in adapters))
-        llama_cpp.llama_set_adapters_lora(self._ctx, handles, n, scales)
+        self._scales = ()
+        self.use_adapter_scales(tuple(a.scale for a in adapters))
         if self.load_options.verbose:
             sys.stderr.write(describe_adapters(adapters) + "\n")
+
+    @property
+    def adapter_scales(self) -> tuple[float, ...]:
+        """The scales the adapters were loaded with (--lora FILE:SCALE), one per adapter."""
+        return tuple(a.scale for a in self.load_options.lora)
+
+    def use_adapter_scales(self, scales: tuple[float, ...]) -> None:
+        """Set the adapters' scales on the context (serve's per-request `lora`)."""
+        if scales == self._scales or not self._adapters:
+            return
+        n = len(self._adapters)
+        assert len(scales) == n, f"{len(scales)} scales for {n} adapters"
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*self._adapters)
+        values = (ctypes.c_float * n)(*scales)
+        llama_cpp.llama_set_adapters_lora(self._ctx, handles, n, values)
+        self._scales = scales
 
     # ------------------------------------------------------------ lifetime
 
