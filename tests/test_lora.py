@@ -435,3 +435,19 @@ def test_serve_per_request_lora(files: dict[str, Path], llmrun) -> None:
         assert status == 400 and "no LoRA adapter with id 1" in json.dumps(body), body
     finally:
         assert stop_server(srv) == 0
+
+
+@pytest.mark.slow
+def test_bench_and_chat_take_lora(files: dict[str, Path], llmrun) -> None:
+    base, adapter = str(files["base"]), str(files["theirs"])
+    short = ("-p", "8", "-n", "4", "-r", "1", "-t", "1", "--json")
+    bench = llmrun("bench", base, "--lora", adapter, *short)
+    assert bench.code == 0, bench.stderr
+    assert [row["test"] for row in json.loads(bench.stdout)] == ["pp8", "tg4"]
+    missing = llmrun("bench", base, "--lora", str(files["tmp"] / "nope.gguf"), *short)
+    assert missing.code == 2 and "no such file" in missing.stderr  # the flag reaches the load
+    chat = llmrun("chat", base, "--lora", f"{adapter}:0.25", "-n", "4", "-v", input="hi\n")
+    assert chat.code == 0, chat.stderr
+    assert f"lora: {adapter} (scale 0.25)" in chat.stderr
+    refused = llmrun("bench", base, "--lora", adapter, "--vs-llama-bench")
+    assert refused.code == 2 and "does not go with --lora" in refused.stderr
