@@ -103,6 +103,7 @@ def bench(
     n_gpu_layers: str | int = "auto",
     flash_attn: str = "auto",
     rpc: str | None = None,
+    lora: Sequence[str] | None = None,
     vs_llama_bench: bool = False,
     progress: Progress | None = None,
 ) -> list[Row]:
@@ -118,6 +119,8 @@ def bench(
         )
     if vs_llama_bench and rpc:
         raise BadOption("--vs-llama-bench does not go with --rpc", "measure the two apart")
+    if vs_llama_bench and lora:  # llama-bench takes no adapters
+        raise BadOption("--vs-llama-bench does not go with --lora", "measure the two apart")
     tool = find_llama_bench() if vs_llama_bench else None
     if vs_llama_bench and tool is None:
         raise LlmrunError(f"{LLAMA_BENCH} not found on PATH or in {tool_dir()}", BUILD_HINT)
@@ -131,6 +134,7 @@ def bench(
             threads=threads,
             flash_attn=flash_attn,
             rpc=rpc,
+            lora=lora,
             pull=False,  # a benchmark never starts a download
         )
         for m in models or [None]

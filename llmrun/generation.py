@@ -7,13 +7,14 @@ user gave is checked before the model is loaded, so a bad value costs nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF
 
+from llmrun.adapters import check_adapters
 from llmrun.engine import Model, Stats, load_model
 from llmrun.engine.sampling import Grammar
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
@@ -26,6 +27,7 @@ from llmrun.options import (
     check_load,
     check_param,
     parse_gpu_layers,
+    parse_lora,
     parse_rpc,
     parse_size,
 )
@@ -70,6 +72,7 @@ def prepare(
     verbose: bool = False,
     rpc: str | None = None,
     n_cpu_moe: int | None = None,
+    lora: Sequence[str] | None = None,
     pull: bool = True,
     progress: Any = None,
     **sampling_flags: Any,
@@ -87,6 +90,7 @@ def prepare(
         raise BadOption(f"-c/--ctx-size must be > 0, got {ctx_size}")
     if threads is not None and threads <= 0:
         raise BadOption(f"-t/--threads must be > 0, got {threads}")
+    adapters = parse_lora(lora)
 
     try:
         resolved = resolve_model(model)
@@ -96,7 +100,8 @@ def prepare(
         from llmrun import hub  # loads huggingface_hub: only when a download may be needed
 
         resolved = hub.ensure_local(model, progress=progress)
-    read_info(resolved.path)  # a damaged file is an error here, not a crash inside llama.cpp
+    info = read_info(resolved.path)  # a damaged file is an error here, not a crash in llama.cpp
+    check_adapters(adapters, info)
     entry_params = dict(resolved.entry.params) if resolved.entry else {}
     params = {**entry_params, **given}
     load = check_load(
@@ -111,6 +116,7 @@ def prepare(
             verbose=verbose,
             rpc=parse_rpc(rpc),
             n_cpu_moe=n_cpu_moe,
+            lora=adapters,
         )
     )
     return Prepared(resolved, load, Sampling().merged(params), params.get("system"))

@@ -9,9 +9,11 @@ Precedence: flag > models.toml entry > built-in default (llama.cpp's defaults).
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from llmrun.errors import BadOption
@@ -115,6 +117,7 @@ FLAG_NAMES = {
     "ctx_size": "-c/--ctx-size",
     "threads": "-t/--threads",
     "n_gpu_layers": "-ngl/--n-gpu-layers",
+    "lora": "--lora",
 }
 
 
@@ -156,6 +159,17 @@ DEFAULT_RPC_PORT = 50052  # llama.cpp rpc-server's
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter GGUF applied on top of the model, and how strongly (llama.cpp's scale)."""
+
+    path: Path
+    scale: float = 1.0
+
+    def describe(self) -> str:
+        return f"{self.path} (scale {self.scale:g})"
+
+
+@dataclass(frozen=True)
 class Load:
     """How a model is loaded: context, threads, offload, KV cache types."""
 
@@ -169,6 +183,7 @@ class Load:
     parallel: int = 1  # sequences decoded together (serve, --batch)
     rpc: tuple[str, ...] = ()  # RPC workers, host:port, whose devices take layers too
     n_cpu_moe: int | None = None  # MoE: experts of the first N blocks on the host; None: planned
+    lora: tuple[Adapter, ...] = ()  # adapters applied to the context, in order
 
 
 def parse_gpu_layers(text: str) -> int | str:
@@ -212,6 +227,31 @@ def parse_rpc(text: str | None) -> tuple[str, ...]:
         if endpoint not in endpoints:
             endpoints.append(endpoint)
     return tuple(endpoints)
+
+
+def parse_lora(specs: Sequence[str] | None) -> tuple[Adapter, ...]:
+    """`--lora FILE[:SCALE]` (repeatable) -> Adapters; the files are checked later (adapters.py).
+
+    The scale is what follows the last colon when that is a number, so a path with a colon
+    in it still works as long as it does not end in ":<number>".
+    """
+    adapters: list[Adapter] = []
+    for spec in specs or ():
+        path, sep, tail = spec.rpartition(":")
+        scale = 1.0
+        if sep and path:
+            try:
+                scale = float(tail)
+            except ValueError:
+                path = spec  # the colon belongs to the path
+        else:
+            path = spec
+        if not math.isfinite(scale):
+            raise BadOption(f"--lora {spec!r}: the scale must be a finite number")
+        if not path.strip():
+            raise BadOption(f"--lora {spec!r} names no file", "give --lora FILE[:SCALE]")
+        adapters.append(Adapter(Path(path).expanduser(), scale))
+    return tuple(adapters)
 
 
 def check_load(load: Load) -> Load:

@@ -61,7 +61,7 @@ def model_identity(model: Model) -> dict[str, Any]:
     path = Path(model.path).resolve()
     stat = path.stat()
     load = model.load_options
-    return {
+    identity: dict[str, Any] = {
         "model": str(path),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
@@ -74,6 +74,16 @@ def model_identity(model: Model) -> dict[str, Any]:
         "rpc": list(load.rpc),
         "llama_cpp": build_id(),
     }
+    if load.lora:  # only then: the keys of runs without adapters stay as they were
+        # An adapter changes every K and V: the file's identity and its scale both count.
+        identity["lora"] = [_file_identity(a.path) | {"scale": a.scale} for a in load.lora]
+    return identity
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 @dataclass(frozen=True)

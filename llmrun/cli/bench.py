@@ -37,7 +37,7 @@ MdFmt = Annotated[bool, typer.Option("--md", help="Print a Markdown table on std
 
 @app.command("bench")
 # The load flags a benchmark honours; sampling does not change tokens/s.
-@generation_options(("threads", "n_gpu_layers", "flash_attn", "rpc"))
+@generation_options(("threads", "n_gpu_layers", "flash_attn", "rpc", "lora"))
 def bench_cmd(
     models: ModelsArg = None,
     n_prompt: PromptOpt = 512,
@@ -78,6 +78,7 @@ def bench_cmd(
             n_gpu_layers=options.n_gpu_layers,
             flash_attn=options.flash_attn,
             rpc=options.rpc,
+            lora=options.lora,
             vs_llama_bench=vs_llama_bench,
             progress=shown.update if shown is not None else None,
         )

@@ -190,6 +190,15 @@ NCpuMoeOpt = Annotated[
         show_default=False,
     ),
 ]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        metavar="FILE[:SCALE]",
+        help="Apply a LoRA adapter GGUF, scaled (default 1.0); repeatable.",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 ChatTemplateOpt = Annotated[
     Path | None,
@@ -255,6 +264,7 @@ class GenerationOptions:
     verbose: bool = False
     rpc: str | None = None
     n_cpu_moe: int | None = None
+    lora: list[str] | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The keywords the library takes for sampling (temp=..., stop=...)."""
@@ -288,6 +298,7 @@ FLAG_PARAMS: dict[str, Any] = {
     "verbose": VerboseOpt,
     "rpc": RpcOpt,
     "n_cpu_moe": NCpuMoeOpt,
+    "lora": LoraOpt,
 }
 ALL_FLAGS = tuple(FLAG_PARAMS)
 

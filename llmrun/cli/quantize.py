@@ -12,8 +12,8 @@ from typer.core import TyperCommand
 from llmrun.cli.common import app, err, quiet_stderr
 from llmrun.cli.flags import QuietOpt
 from llmrun.cli.output import human_size
-from llmrun.errors import BadInput
-from llmrun.quantize import DEFAULT_TYPE
+from llmrun.errors import BadInput, BadOption
+from llmrun.quantize import DEFAULT_ADAPTER_TYPE, DEFAULT_TYPE
 from llmrun.quantize import progress as qprogress
 
 if TYPE_CHECKING:  # rich's bars are imported when drawn: every other command loads this module
@@ -28,8 +28,33 @@ QuantizeModelArg = Annotated[
     ),
 ]
 TypeOpt = Annotated[
-    str,
-    typer.Option("--type", "-q", help="Quantization type (see --list-types)."),
+    str | None,
+    typer.Option(
+        "--type",
+        "-q",
+        help=f"Quantization type (see --list-types). [default: {DEFAULT_TYPE}; "
+        f"{DEFAULT_ADAPTER_TYPE} for an adapter]",
+        show_default=False,
+    ),
+]
+LoraBaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lora-base",
+        metavar="MODEL",
+        help="MODEL is a PEFT LoRA adapter folder: convert it to a GGUF adapter (for --lora) "
+        "of this base checkpoint.",
+        show_default=False,
+    ),
+]
+MergeLoraOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--merge-lora",
+        metavar="ADAPTER_DIR",
+        help="Bake this PEFT LoRA adapter into the checkpoint's weights while converting.",
+        show_default=False,
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -170,7 +195,7 @@ class _QuantizeCommand(TyperCommand):
 @app.command("quantize", cls=_QuantizeCommand)
 def quantize_cmd(
     model: QuantizeModelArg = None,
-    type: TypeOpt = DEFAULT_TYPE,
+    type: TypeOpt = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     keep_f16: KeepF16Opt = False,
@@ -178,6 +203,8 @@ def quantize_cmd(
     list_archs: ListArchsOpt = False,
     no_check: NoCheckOpt = False,
     eval: EvalOpt = False,
+    lora_base: LoraBaseOpt = None,
+    merge_lora: MergeLoraOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
@@ -186,9 +213,15 @@ def quantize_cmd(
     from an F16/BF16 file that is deleted afterwards (unless --keep-f16). The new file
     is loaded and its tokenizer checked before it is put in place; its path goes to stdout.
 
+    A PEFT LoRA adapter converts to a GGUF adapter for --lora with --lora-base (F32, F16,
+    BF16 or Q8_0; beside the adapter by default), or is merged into the weights with
+    --merge-lora.
+
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
     llmrun quantize --list-archs
+    llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
+    llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M
     """
     quiet_stderr(quiet)
     if list_types:
@@ -203,13 +236,18 @@ def quantize_cmd(
         return
     if model is None:
         raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")
+    progress = QuantizeBars() if err.is_terminal else QuantizeNotes()
+    if lora_base is not None:
+        if merge_lora is not None or keep_f16 or eval:
+            raise BadOption("--lora-base does not go with --merge-lora, --keep-f16 or --eval")
+        return _convert_adapter(model, lora_base, type, output, force, progress)
     from llmrun.quantize import quantize
 
-    progress = QuantizeBars() if err.is_terminal else QuantizeNotes()
     try:
         result = quantize(
             model,
-            type=type,
+            type=type or DEFAULT_TYPE,
+            merge_lora=merge_lora,
             output=output,
             force=force,
             keep_f16=keep_f16,
@@ -230,3 +268,30 @@ def quantize_cmd(
         size = human_size(result.path.stat().st_size)
         err.print(f"{result.quant} {size}: {result.evaluation.summary()}", markup=False)
     sys.stdout.write(f"{result.path}\n")
+
+
+def _convert_adapter(
+    adapter: str,
+    base: str,
+    type: str | None,
+    output: Path | None,
+    force: bool,
+    progress: QuantizeNotes,
+) -> None:
+    from llmrun.quantize.lora import convert_adapter
+
+    try:
+        done = convert_adapter(
+            adapter,
+            base,
+            type=type or DEFAULT_ADAPTER_TYPE,
+            output=output,
+            force=force,
+            progress=progress,
+        )
+    finally:
+        progress.end()
+    if err.is_terminal and not done.kept:
+        size = human_size(done.path.stat().st_size)
+        err.print(f"wrote adapter {done.name}:{done.quant} ({size})", markup=False)
+    sys.stdout.write(f"{done.path}\n")

@@ -78,6 +78,7 @@ class Extras:
     special: bool = False  # write special tokens as their text (tool-call and channel markers)
     echo: bool = False  # record the prompt tokens' logprobs too (prompt_logprobs)
     generate: bool = True  # False: evaluate the prompt only (echo with max_tokens 0)
+    lora: tuple[float, ...] | None = None  # a scale per adapter of the model; None: as loaded
 
 
 class Handle:
@@ -177,6 +178,7 @@ class _Slot:
     logits_at: int = -1  # batch index whose logits to sample after this step
     text: Utf8Stream = field(default_factory=Utf8Stream)
     stops: StopFilter = field(default_factory=lambda: StopFilter(()))
+    scales: tuple[float, ...] = ()  # the adapter scales its cells were computed under
 
 
 class BatchEngine:
@@ -191,7 +193,7 @@ class BatchEngine:
         # Each sequence gets an equal share, as llama-server's slots do; a
         # sequence can then never run the shared pool dry.
         self.slot_ctx = self.model.n_ctx // parallel
-        self._slots = [_Slot(i) for i in range(parallel)]
+        self._slots = [_Slot(i, scales=self.model.adapter_scales) for i in range(parallel)]
         self._waiting: deque[Handle] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -342,9 +344,11 @@ class BatchEngine:
     def _assign(self, slot: _Slot, handle: Handle) -> None:
         tokens = handle.tokens
         memory = self.model.memory
-        source, shared = slot, _common(slot.cached, tokens)
+        # Cells computed under other adapter scales hold other K and V: never shared.
+        scales = self._scales(handle)
+        source, shared = slot, _common(slot.cached, tokens) if slot.scales == scales else 0
         for other in self._slots:
-            n = _common(other.cached, tokens)
+            n = _common(other.cached, tokens) if other.scales == scales else 0
             if n > shared:
                 source, shared = other, n
         shared = min(shared, len(tokens) - 1)  # the last prompt token is always evaluated
@@ -357,6 +361,7 @@ class BatchEngine:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
         llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, shared, -1)
         slot.handle = handle
+        slot.scales = scales
         slot.cached = tokens[:shared]
         slot.pending = tokens[shared:]
         slot.next_token = None
@@ -366,7 +371,21 @@ class BatchEngine:
         if handle.extras.echo:
             handle.prompt_logprobs.append(None)  # the first token has no context to predict it
 
+    def _scales(self, handle: Handle) -> tuple[float, ...]:
+        asked = handle.extras.lora
+        return asked if asked is not None else self.model.adapter_scales
+
     def _step(self, active: list[_Slot]) -> None:
+        """One decode for the sequences of each set of adapter scales (one set: one decode):
+        the scales are the context's, so sequences under other scales cannot share a batch."""
+        groups: dict[tuple[float, ...], list[_Slot]] = {}
+        for slot in active:
+            groups.setdefault(slot.scales, []).append(slot)
+        for scales, group in groups.items():
+            self.model.use_adapter_scales(scales)
+            self._step_group(group)
+
+    def _step_group(self, active: list[_Slot]) -> None:
         batch, n = self._batch, 0
         now = time.perf_counter()
         for slot in active:
@@ -454,6 +473,7 @@ class BatchEngine:
             llama_cpp.llama_memory_seq_rm(memory, free.seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, leader.seq_id, free.seq_id, -1, -1)
             free.handle = follower
+            free.scales = leader.scales
             free.cached = list(leader.cached)
             free.pending = []
             free.next_token = None

@@ -9,6 +9,7 @@ keeps decoding within a few percent of llama.cpp's own tools.
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import llama_cpp
 
+from llmrun.adapters import describe as describe_adapters
 from llmrun.cpus import default_threads
 from llmrun.engine import logs, rpc, system
 from llmrun.engine.offload import (
@@ -33,9 +35,9 @@ from llmrun.engine.offload import (
 from llmrun.engine.sampling import Grammar, Sampler, build_sampler
 from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
-from llmrun.errors import ContextOverflow, EngineError
+from llmrun.errors import BadModelFile, ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
-from llmrun.options import DEFAULT_CTX, Load, Sampling
+from llmrun.options import DEFAULT_CTX, Adapter, Load, Sampling
 
 if TYPE_CHECKING:
     import numpy as np
@@ -181,6 +183,8 @@ class Model:
         self._model = None
         self._ctx = None
         self._batch = None
+        self._adapters: list[llama_cpp.llama_adapter_lora_p] = []
+        self._scales: tuple[float, ...] = ()  # the adapters' scales on the context now
         self._cached: list[int] = []  # tokens whose K/V are in the context, in order
         started = time.perf_counter()
         logs.install(load.verbose)
@@ -233,6 +237,8 @@ class Model:
                 f"{logs.last_error('unknown reason')}",
                 "try a smaller -c/--ctx-size or other cache types",
             )
+        if load.lora:
+            self._apply_adapters(load.lora)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = cparams.n_batch
@@ -245,6 +251,39 @@ class Model:
             rpc.harden()  # the connections the loaded model holds now exist
         self.stats.load_seconds = time.perf_counter() - started
 
+    def _apply_adapters(self, adapters: Sequence[Adapter]) -> None:
+        """Load each LoRA adapter for this model and set them, scaled, on the context."""
+        for adapter in adapters:
+            handle = llama_cpp.llama_adapter_lora_init(self._model, str(adapter.path).encode())
+            if not handle:
+                reason = logs.last_error("unknown reason")
+                self.close()
+                raise BadModelFile(
+                    f"llama.cpp cannot apply --lora {adapter.path} to {self.path.name}: {reason}",
+                    "the adapter must be made for this base model",
+                )
+            self._adapters.append(handle)
+        self._scales = ()
+        self.use_adapter_scales(tuple(a.scale for a in adapters))
+        if self.load_options.verbose:
+            sys.stderr.write(describe_adapters(adapters) + "\n")
+
+    @property
+    def adapter_scales(self) -> tuple[float, ...]:
+        """The scales the adapters were loaded with (--lora FILE:SCALE), one per adapter."""
+        return tuple(a.scale for a in self.load_options.lora)
+
+    def use_adapter_scales(self, scales: tuple[float, ...]) -> None:
+        """Set the adapters' scales on the context (serve's per-request `lora`)."""
+        if scales == self._scales or not self._adapters:
+            return
+        n = len(self._adapters)
+        assert len(scales) == n, f"{len(scales)} scales for {n} adapters"
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*self._adapters)
+        values = (ctypes.c_float * n)(*scales)
+        llama_cpp.llama_set_adapters_lora(self._ctx, handles, n, values)
+        self._scales = scales
+
     # ------------------------------------------------------------ lifetime
 
     def close(self) -> None:
@@ -254,6 +293,10 @@ class Model:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        # After the context, which refers to them; before the model, which lists them.
+        for handle in self._adapters:
+            llama_cpp.llama_adapter_lora_free(handle)
+        self._adapters = []
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 # The default --type, here so that `llmrun quantize --help` needs no gguf (llmrun.quantize.types).
 DEFAULT_TYPE = "Q4_K_M"
+DEFAULT_ADAPTER_TYPE = "F16"  # LoRA adapters (lora.py): small, so half precision
 
 if TYPE_CHECKING:
     from llmrun.quantize.pipeline import Result, quantize
@@ -43,6 +44,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_ADAPTER_TYPE",
     "DEFAULT_TYPE",
     "TYPES",
     "QuantType",

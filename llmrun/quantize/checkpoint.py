@@ -101,7 +101,7 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     config = read_json(config_path)
     tensors: dict[str, SourceTensor] = {}
     for path in _safetensors_files(folder):
-        for name, t in _read_header(path).items():
+        for name, t in read_safetensors(path).items():
             if name in tensors:
                 raise BadInput(f"tensor {name} is in two files of {folder}")
             tensors[name] = t
@@ -134,7 +134,7 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_header(path: Path) -> dict[str, SourceTensor]:
+def read_safetensors(path: Path) -> dict[str, SourceTensor]:
     """The tensors of one safetensors file, each checked to lie inside the file."""
     try:
         with SafetensorsLocal(path) as local:

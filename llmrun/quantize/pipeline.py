@@ -13,9 +13,9 @@ import contextlib
 import errno
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gguf import GGUFWriter
 
@@ -30,6 +30,10 @@ from llmrun.quantize.source import Source, find_source
 from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
 from llmrun.quantize.vocab import Reference, Vocab, load_vocab
 from llmrun.quantize.writer import write_gguf
+from llmrun.store import store_name
+
+if TYPE_CHECKING:
+    from llmrun.quantize.lora import LoraAdapter
 
 # A check run on the finished output against the file it was made from (or None).
 Evaluate = Callable[[Path, "Path | None"], Any]
@@ -60,8 +64,12 @@ def quantize(
     check: bool = True,
     progress: QuantizeProgress | None = None,
     evaluate: Evaluate | None = None,
+    merge_lora: Path | None = None,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
+
+    `merge_lora`: a PEFT LoRA adapter folder, baked into the weights (W + alpha/r * B @ A)
+    while converting; the output is named <model>-<adapter> so it never replaces the base.
 
     `evaluate(output, reference)` runs once the output is in place, while the
     higher-precision file it was made from still exists (the input GGUF, or the
@@ -70,11 +78,18 @@ def quantize(
     progress = progress or QuantizeProgress()
     qtype = get_type(type)
     source = find_source(model)
+    adapter = None
+    if merge_lora is not None:
+        from llmrun.quantize.lora import base_checkpoint, open_adapter
+
+        adapter = open_adapter(merge_lora)
+        source = base_checkpoint(model, "--merge-lora needs a checkpoint as MODEL:")
+        source = replace(source, name=store_name(f"{source.name}-{adapter.name}"))
     out = Path(output).expanduser() if output else store.model_path(source.name, qtype.name)
     if source.kind == "gguf" and source.path.resolve() == out.resolve():
         raise BadInput(f"{out} is both the input and the output", "give another -o")
     started = time.monotonic()
-    job = _prepare(source, progress)  # every check of the input, before anything is written
+    job = _prepare(source, progress, adapter)  # every check of the input, before any write
     in_store = output is None or store.inside_store(out)
     # The store's writers take its lock; elsewhere the rename alone keeps readers safe,
     # and no lock file is left beside the user's file.
@@ -164,7 +179,7 @@ class _Job:
         return result
 
 
-def _prepare(source: Source, progress: QuantizeProgress) -> _Job:
+def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | None) -> _Job:
     if source.kind == "gguf":
         _check_requantizable(source.path)
         return _Job(source)
@@ -173,6 +188,10 @@ def _prepare(source: Source, progress: QuantizeProgress) -> _Job:
     conv = converter_for(ckpt)
     vocab = load_vocab(ckpt, conv.n_vocab)
     plans = conv.plans()
+    if adapter is not None:
+        from llmrun.quantize.lora import merged_plans
+
+        plans = merged_plans(plans, adapter, conv)
     progress.end()
     for warning in vocab.warnings:
         progress.note(f"warning: {warning}")

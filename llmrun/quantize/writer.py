@@ -38,7 +38,8 @@ ROUTERS_AND_POSITIONS = (
 KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
     ("1-D: norms, biases, rope factors", lambda p: len(p.shape) <= 1),
     ("norm weights", lambda p: p.name.endswith("_norm.weight")),
-    ("anything but a weight", lambda p: not p.name.endswith(".weight")),
+    # (a LoRA adapter's halves of a weight, *.lora_a and *.lora_b, are weights too)
+    ("anything but a weight", lambda p: not p.name.endswith((".weight", ".lora_a", ".lora_b"))),
     (
         "routers (and the shared expert's gate) and position tables",
         lambda p: p.kind in ROUTERS_AND_POSITIONS,
@@ -104,13 +105,19 @@ def write_gguf(
     plans: list[TensorPlan],
     qtype: QuantType,
     progress: QuantizeProgress,
+    adapter: bool = False,
 ) -> None:
-    """Write a complete GGUF file at `path` (the caller makes that atomic)."""
+    """Write a complete GGUF file at `path` (the caller makes that atomic).
+
+    `adapter`: a LoRA adapter, written as llama.cpp's convert_lora_to_gguf.py writes one:
+    no general.file_type, and a quantization version whatever the type.
+    """
     assert qtype.tensor_type is not None, f"{qtype.name} is not written directly"
     w = _Writer(path=None, arch=arch)
     add_metadata(w)
-    w.add_file_type(int(qtype.ftype))
-    if qtype.tensor_type not in (QT.F32, QT.F16, QT.BF16):
+    if not adapter:
+        w.add_file_type(int(qtype.ftype))
+    if adapter or qtype.tensor_type not in (QT.F32, QT.F16, QT.BF16):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     types = [tensor_type(p, qtype.tensor_type) for p in plans]
     for plan, t in zip(plans, types, strict=True):

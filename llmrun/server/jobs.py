@@ -61,7 +61,7 @@ def chat_job(service: Service, req: Generate, raw_remedy: str, param: str = "mes
     if req.reasoning is False:
         reader = replace(reader, thinking=False)  # thinking stays in the content
     tokens = service.engine.model.tokenize(plan.prompt, add_special=True, parse_special=True)
-    extras = Extras(logprobs=req.logprobs, special=reader.active)
+    extras = Extras(logprobs=req.logprobs, special=reader.active, lora=lora_scales(service, req))
     return Job([tokens], plan.grammar or req.grammar, extras, reader)
 
 
@@ -71,5 +71,24 @@ def completion_job(service: Service, req: Generate) -> Job:
     prompts = [service.tokens(prompt, "prompt") for prompt in req.prompts]
     texts = [p if isinstance(p, str) else model.detokenize(p) for p in req.prompts]
     want_prompt = req.echo and req.logprobs is not None
-    extras = Extras(logprobs=req.logprobs, echo=want_prompt, generate=not req.prompt_only)
+    extras = Extras(
+        logprobs=req.logprobs,
+        echo=want_prompt,
+        generate=not req.prompt_only,
+        lora=lora_scales(service, req),
+    )
     return Job(prompts, req.grammar, extras, prompt_texts=texts)
+
+
+def lora_scales(service: Service, req: Generate) -> tuple[float, ...] | None:
+    """A request's `lora` as one scale per adapter of the model; as in llama-server, an
+    adapter the list leaves out gets 0. None: the scales serve was started with."""
+    if req.lora is None:
+        return None
+    adapters = service.engine.model.load_options.lora
+    unknown = [i for i in req.lora if i >= len(adapters)]
+    if unknown:
+        have = f"ids 0 to {len(adapters) - 1}" if adapters else "none (serve MODEL --lora FILE)"
+        raise ApiError(400, f"no LoRA adapter with id {unknown[0]}: this model has {have}",
+                       param="lora")  # fmt: skip
+    return tuple(req.lora.get(i, 0.0) for i in range(len(adapters)))

@@ -230,6 +230,9 @@ class Pool:
                 param="model",
                 code="model_not_found",
             ) from None
+        default = self.default
+        if default is not None and default.load.lora and _same_file(prepared, default):
+            return default  # MODEL by name: with the adapters serve was given
         prepared = listed(prepared)
         self._known[name] = prepared
         return prepared
@@ -570,3 +573,7 @@ def _needs(prepared: Prepared) -> dict[str, int]:
     except BadOption as e:  # the context cannot fit in host memory at all
         raise ApiError(400, str(e), param="model", code="model_too_large") from None
     return {(HOST if p.device == "CPU" else p.device): p.total for p in plan.placements}
+
+
+def _same_file(a: Prepared, b: Prepared) -> bool:
+    return a.resolved.path.resolve() == b.resolved.path.resolve()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 }
 CONTROL_FIELDS = frozenset({"stream", "stream_options", "response_format", "n", "logprobs"})
 CONTROL_FIELDS |= {"grammar", "model", "timeout"}  # grammar: llama-server's, a GBNF grammar as text
+CONTROL_FIELDS |= {"lora"}  # llama-server's: [{"id": i, "scale": s}] over serve's --lora list
 CHAT_ONLY = frozenset({"messages", "max_completion_tokens", "tools", "tool_choice", "functions"})
 CHAT_ONLY |= {"parallel_tool_calls", "function_call", "top_logprobs", "chat_template_kwargs"}
 CHAT_ONLY |= {"reasoning_effort", "reasoning_format"}
@@ -86,6 +88,7 @@ class Generate:
     reasoning: bool | None = None  # None: the server's --reasoning default
     model: str | None = None  # which model answers; None: the server's default
     timeout: float | None = None  # seconds this request may take in all (capped by --timeout)
+    lora: dict[int, float] | None = None  # adapter index -> scale; None: serve's --lora scales
 
 
 @dataclass
@@ -221,6 +224,25 @@ def model_name(value: Any, param: str = "model") -> str:
     return value.strip()
 
 
+def lora_field(value: Any) -> dict[int, float]:
+    """llama-server's per-request `lora`: [{"id": 0, "scale": 0.5}, ...]; the ids are checked
+    against the adapters the model has when the request reaches it."""
+    if not isinstance(value, list):
+        raise bad('lora must be a list of {"id": N, "scale": S}', "lora")
+    scales: dict[int, float] = {}
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"id", "scale"}:
+            raise bad('each lora entry must be {"id": N, "scale": S}', "lora")
+        index = int_field("lora id", item["id"], 0)
+        scale = item["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise bad(f"lora scale must be a number, got {scale!r}", "lora")
+        if not math.isfinite(scale):
+            raise bad("lora scale must be finite", "lora")
+        scales[index] = float(scale)
+    return scales
+
+
 def _gbnf(value: Any) -> str:
     if not isinstance(value, str) or "root" not in value:
         raise bad("grammar must be GBNF text with a root rule", "grammar")
@@ -282,6 +304,7 @@ COMMON_SETTERS: dict[str, Setter] = {
     "grammar": lambda r, v: setattr(r, "grammar", _gbnf(v)),
     "model": lambda r, v: setattr(r, "model", model_name(v)),
     "timeout": lambda r, v: setattr(r, "timeout", seconds("timeout", v)),
+    "lora": lambda r, v: setattr(r, "lora", lora_field(v)),
 }
 CHAT_SETTERS: dict[str, Setter] = {
     **COMMON_SETTERS,

@@ -139,6 +139,10 @@ def serve(
         raise BadInput("--metrics needs prometheus-client", f"install it: {INSTALL_HINT}")
     if only and model is None:
         raise BadOption("--only needs a MODEL to serve")
+    # Adapters are made for one base model: they go with MODEL, the others load without.
+    lora = options.pop("lora", None)
+    if lora and model is None:
+        raise BadOption("--lora needs a MODEL to serve", "adapters are made for one base model")
     if chat_template is not None:
         Template(read_template_file(chat_template), f"chat template {chat_template}")  # checked
     settings = Settings(
@@ -159,8 +163,9 @@ def serve(
     default: Prepared | None = None
     if model is not None:
         default = prepare(
-            model, system=system, verbose=verbose, pull=pull, progress=progress, **options
-        )
+            model, system=system, verbose=verbose, pull=pull, progress=progress, lora=lora,
+            **options,
+        )  # fmt: skip
     else:
         with contextlib.suppress(ModelNotFound):  # no default model is fine: requests name one
             prepare(None, system=system, verbose=verbose, pull=False, **options)
