@@ -473,6 +473,18 @@ MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 }
 
 
+# Dense families added after the first table (issue 17): SmolLM2's tokenizer, which
+# llama.cpp's reference converter knows, unless the family needs another.
+DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
+    "granite": (  # multipliers away from 1
+        "GraniteForCausalLM",
+        "GraniteConfig",
+        GRANITE,
+        smollm2_tokenizer,
+    ),
+}
+
+
 def tiny_checkpoint(arch: str) -> Path:
     """A random two-layer checkpoint of `arch` with a real tokenizer, plus reference.json:
     transformers' float32 logits for PROMPTS (every position) as .npy files."""
@@ -482,7 +494,7 @@ def tiny_checkpoint(arch: str) -> Path:
         import transformers
 
         torch.set_num_threads(1)  # the machine is shared; the models are tiny
-        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS}[arch]
+        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS, **DENSE_ARCHS_2}[arch]
         tok_dir = tokenizer()
         for f in tok_dir.iterdir():
             if f.is_file() and f.name != ".done":

@@ -1,0 +1,62 @@
+"""Dense families added after the first ones (issue 17), on random two-layer checkpoints
+made by transformers: F32 logits equal transformers', Q8_0 and Q4_K_M load and generate,
+and the F32 file is llama.cpp's reference converter's, tensor for tensor and key for key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmrun.ggufinfo import read_info
+from llmrun.quantize import quantize
+from tests.quantize_checks import (
+    PROVENANCE,
+    generate,
+    gguf_differences,
+    llama_logits,
+    relative_error,
+)
+from tests.quantize_fixtures import DENSE_ARCHS_2, reference, tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+# Differences from llama.cpp's converter, by fixture, and why.
+KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {}
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    out = quantize(str(ckpt), type="F32", output=tmp_path / f"{arch}.gguf").path
+    for ids, want in reference(ckpt):
+        err = relative_error(llama_logits(out, ids), want)
+        assert err < 1e-3, f"{arch} F32: logits differ by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
+    ckpt = str(tiny_checkpoint(arch))
+    for qtype in ("Q8_0", "Q4_K_M"):
+        out = quantize(ckpt, type=qtype, output=tmp_path / f"{qtype}.gguf").path
+        assert read_info(out).quant == qtype
+        assert generate(out, "The quick brown fox", n=8)
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_same_file_as_llama_cpps_converter(arch: str, tmp_path: Path, llama_cpp_src: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
+    theirs = tmp_path / "theirs.gguf"
+    convert = [sys.executable, str(llama_cpp_src / "convert_hf_to_gguf.py"), str(ckpt)]
+    r = subprocess.run(
+        [*convert, "--outtype", "f32", "--outfile", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ignore = {**PROVENANCE, **KNOWN_DIFFERENCES.get(arch, {})}
+    assert gguf_differences(ours, theirs, ignore) == []
