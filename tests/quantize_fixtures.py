@@ -482,6 +482,18 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         GRANITE,
         smollm2_tokenizer,
     ),
+    "olmo2": (  # grouped-query attention: the K norm is narrower than the Q norm
+        "Olmo2ForCausalLM",
+        "Olmo2Config",
+        {"tie_word_embeddings": False},
+        smollm2_tokenizer,
+    ),
+    "smollm3": (  # four layers, so that one attends without RoPE (NoPE)
+        "SmolLM3ForCausalLM",
+        "SmolLM3Config",
+        {"num_hidden_layers": 4, "tie_word_embeddings": True, "no_rope_layer_interval": 4},
+        smollm2_tokenizer,
+    ),
 }
 
 
