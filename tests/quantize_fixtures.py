@@ -494,6 +494,23 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         {"num_hidden_layers": 4, "tie_word_embeddings": True, "no_rope_layer_interval": 4},
         smollm2_tokenizer,
     ),
+    # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
+    "exaone4": (
+        "Exaone4ForCausalLM",
+        "Exaone4Config",
+        {
+            "sliding_window": None,
+            "layer_types": ["full_attention", "full_attention"],
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
+    "ernie4_5": (
+        "Ernie4_5ForCausalLM",
+        "Ernie4_5Config",
+        {"head_dim": 64, "tie_word_embeddings": True},
+        lambda: sp_tokenizer("llama"),
+    ),
 }
 
 
