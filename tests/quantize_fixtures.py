@@ -96,6 +96,20 @@ def smollm2_tokenizer() -> Path:
     return cached("tokenizer-smollm2", build)
 
 
+def glm4_tokenizer() -> Path:
+    """SmolLM2's tokenizer with GLM-4's <|user|>, which llama.cpp's converter requires
+    (SmolLM2 has <|endoftext|> already)."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(smollm2_tokenizer())
+        tok.add_special_tokens({"additional_special_tokens": ["<|user|>"]})
+        tok.save_pretrained(out)
+
+    return cached("tokenizer-glm4", build)
+
+
 def corpus(n: int = 3000) -> list[str]:
     """Deterministic text with words, numbers, code and a little non-ASCII."""
     rng = random.Random(0)
@@ -493,6 +507,12 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         "SmolLM3Config",
         {"num_hidden_layers": 4, "tie_word_embeddings": True, "no_rope_layer_interval": 4},
         smollm2_tokenizer,
+    ),
+    "glm4": (  # a rotary part of half of each head, as GLM-4's
+        "Glm4ForCausalLM",
+        "Glm4Config",
+        {"head_dim": 64, "tie_word_embeddings": False},
+        glm4_tokenizer,
     ),
     # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
     "exaone4": (

@@ -172,6 +172,7 @@ def _prepare(source: Source, progress: QuantizeProgress) -> _Job:
     ckpt = open_checkpoint(source.path)
     conv = converter_for(ckpt)
     vocab = load_vocab(ckpt, conv.n_vocab)
+    conv.adjust_vocab(vocab)
     plans = conv.plans()
     progress.end()
     for warning in vocab.warnings:

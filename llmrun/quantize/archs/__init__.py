@@ -29,6 +29,7 @@ ARCHITECTURES: dict[str, str] = {
     "GraniteForCausalLM": "granite",
     "Olmo2ForCausalLM": "olmo2",
     "SmolLM3ForCausalLM": "smollm3",
+    "Glm4ForCausalLM": "glm4",
     "Exaone4ForCausalLM": "exaone4",
     "Ernie4_5ForCausalLM": "ernie4_5",
     "GraniteMoeForCausalLM": "granitemoe",
