@@ -110,6 +110,23 @@ def glm4_tokenizer() -> Path:
     return cached("tokenizer-glm4", build)
 
 
+def phi4_tokenizer() -> Path:
+    """SmolLM2's tokenizer under Phi-4's tokenizer_class, GPT2Tokenizer: what tells llama.cpp's
+    Phi-3 converter to read tokenizer.json rather than a SentencePiece model."""
+
+    def build(out: Path) -> None:
+        src = smollm2_tokenizer()
+        for f in src.iterdir():
+            if f.is_file() and f.name != ".done":
+                shutil.copy(f, out / f.name)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"})
+        )
+
+    return cached("tokenizer-phi4", build)
+
+
 def corpus(n: int = 3000) -> list[str]:
     """Deterministic text with words, numbers, code and a little non-ASCII."""
     rng = random.Random(0)
@@ -513,6 +530,25 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         "Glm4Config",
         {"head_dim": 64, "tie_word_embeddings": False},
         glm4_tokenizer,
+    ),
+    # Phi-4-mini-like: RoPE over 3/4 of each head, LongRoPE factors, tied embeddings
+    "phi4mini": (
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {
+            "tie_word_embeddings": True,
+            "sliding_window": None,
+            "original_max_position_embeddings": 256,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75,
+                "long_factor": [1.0 + 0.25 * i for i in range(24)],
+                "short_factor": [1.0 + 0.05 * i for i in range(24)],
+                "original_max_position_embeddings": 256,
+            },
+        },
+        phi4_tokenizer,
     ),
     # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
     "exaone4": (
