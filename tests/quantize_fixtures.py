@@ -504,6 +504,15 @@ MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 }
 
 
+# A vision tower as small as it gets: 32x32 images, 16 patches pooled to 4 tokens
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
 # Dense families added after the first table (issue 17): SmolLM2's tokenizer, which
 # llama.cpp's reference converter knows, unless the family needs another.
 DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
@@ -550,6 +559,22 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         },
         phi4_tokenizer,
     ),
+    # Image and text, the text part converted; a tiny SigLIP vision tower left out
+    "gemma3mm": (
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        {
+            "text_config": {
+                "head_dim": 64,
+                "query_pre_attn_scalar": 64,
+                "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+            "vision_config": VISION,
+            "mm_tokens_per_image": 4,
+        },
+        lambda: sp_tokenizer("gemma"),
+    ),
     # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
     "exaone4": (
         "Exaone4ForCausalLM",
@@ -591,9 +616,12 @@ def tiny_checkpoint(arch: str) -> Path:
             for k in ("bos_token", "eos_token", "pad_token")
             if getattr(tok, f"{k}_id", None) is not None
         }
-        config = getattr(transformers, config_cls)(
-            vocab_size=vocab, **{**SMALL, **fields}, **{f"{k}_id": v for k, v in special.items()}
-        )
+        text = {"vocab_size": vocab, **SMALL, **{f"{k}_id": v for k, v in special.items()}}
+        if "text_config" in fields:  # image and text: the small sizes are the text model's
+            fields = {**fields, "text_config": {**text, **fields["text_config"]}}
+            config = getattr(transformers, config_cls)(**fields)
+        else:
+            config = getattr(transformers, config_cls)(**{**text, **fields})
         torch.manual_seed(0)
         model = getattr(transformers, model_cls)(config).eval()
         with torch.no_grad():  # random norms too, so that a wrong norm convention shows

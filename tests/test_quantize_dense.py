@@ -37,6 +37,24 @@ KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
         # transformers' tokenizer does.
         "tokenizer.ggml.add_space_prefix": "taken from the SentencePiece model, not the config",
     },
+    "gemma3mm": {
+        # The fixture's Gemma tokenizer: transformers added <bos>, <eos> and <mask> after the
+        # SentencePiece pieces, which llmrun exports (as transformers tokenizes) and llama.cpp's
+        # converter pads over; add_bos_token from tokenizer_config.
+        **dict.fromkeys(
+            (
+                "tokenizer.ggml.tokens",
+                "tokenizer.ggml.scores",
+                "tokenizer.ggml.token_type",
+                "tokenizer.ggml.add_bos_token",
+            ),
+            "llmrun's SentencePiece vocabulary export, not the text part's tensors",
+        ),
+        # llama.cpp's converter leaves Gemma 3's layer pattern to llama.cpp's default (five
+        # sliding layers to one global); llmrun writes config.json's layer_types, which the
+        # two-layer fixture needs to match transformers.
+        "gemma3.attention.sliding_window_pattern": "written from layer_types",
+    },
 }
 
 
