@@ -575,6 +575,19 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         },
         lambda: sp_tokenizer("gemma"),
     ),
+    "mistral3": (  # a tiny Pixtral vision tower, left out
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        {
+            "text_config": {
+                "model_type": "mistral",
+                "sliding_window": None,
+                "tie_word_embeddings": False,
+            },
+            "vision_config": {**VISION, "model_type": "pixtral", "head_dim": 16},
+        },
+        lambda: sp_tokenizer("llama"),
+    ),
     # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
     "exaone4": (
         "Exaone4ForCausalLM",
