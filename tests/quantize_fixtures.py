@@ -96,6 +96,37 @@ def smollm2_tokenizer() -> Path:
     return cached("tokenizer-smollm2", build)
 
 
+def glm4_tokenizer() -> Path:
+    """SmolLM2's tokenizer with GLM-4's <|user|>, which llama.cpp's converter requires
+    (SmolLM2 has <|endoftext|> already)."""
+
+    def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(smollm2_tokenizer())
+        tok.add_special_tokens({"additional_special_tokens": ["<|user|>"]})
+        tok.save_pretrained(out)
+
+    return cached("tokenizer-glm4", build)
+
+
+def phi4_tokenizer() -> Path:
+    """SmolLM2's tokenizer under Phi-4's tokenizer_class, GPT2Tokenizer: what tells llama.cpp's
+    Phi-3 converter to read tokenizer.json rather than a SentencePiece model."""
+
+    def build(out: Path) -> None:
+        src = smollm2_tokenizer()
+        for f in src.iterdir():
+            if f.is_file() and f.name != ".done":
+                shutil.copy(f, out / f.name)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"})
+        )
+
+    return cached("tokenizer-phi4", build)
+
+
 def corpus(n: int = 3000) -> list[str]:
     """Deterministic text with words, numbers, code and a little non-ASCII."""
     rng = random.Random(0)
@@ -473,6 +504,110 @@ MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
 }
 
 
+# A vision tower as small as it gets: 32x32 images, 16 patches pooled to 4 tokens
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+# Dense families added after the first table (issue 17): SmolLM2's tokenizer, which
+# llama.cpp's reference converter knows, unless the family needs another.
+DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = {
+    "granite": (  # multipliers away from 1
+        "GraniteForCausalLM",
+        "GraniteConfig",
+        GRANITE,
+        smollm2_tokenizer,
+    ),
+    "olmo2": (  # grouped-query attention: the K norm is narrower than the Q norm
+        "Olmo2ForCausalLM",
+        "Olmo2Config",
+        {"tie_word_embeddings": False},
+        smollm2_tokenizer,
+    ),
+    "smollm3": (  # four layers, so that one attends without RoPE (NoPE)
+        "SmolLM3ForCausalLM",
+        "SmolLM3Config",
+        {"num_hidden_layers": 4, "tie_word_embeddings": True, "no_rope_layer_interval": 4},
+        smollm2_tokenizer,
+    ),
+    "glm4": (  # a rotary part of half of each head, as GLM-4's
+        "Glm4ForCausalLM",
+        "Glm4Config",
+        {"head_dim": 64, "tie_word_embeddings": False},
+        glm4_tokenizer,
+    ),
+    # Phi-4-mini-like: RoPE over 3/4 of each head, LongRoPE factors, tied embeddings
+    "phi4mini": (
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        {
+            "tie_word_embeddings": True,
+            "sliding_window": None,
+            "original_max_position_embeddings": 256,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75,
+                "long_factor": [1.0 + 0.25 * i for i in range(24)],
+                "short_factor": [1.0 + 0.05 * i for i in range(24)],
+                "original_max_position_embeddings": 256,
+            },
+        },
+        phi4_tokenizer,
+    ),
+    # Image and text, the text part converted; a tiny SigLIP vision tower left out
+    "gemma3mm": (
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        {
+            "text_config": {
+                "head_dim": 64,
+                "query_pre_attn_scalar": 64,
+                "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+            "vision_config": VISION,
+            "mm_tokens_per_image": 4,
+        },
+        lambda: sp_tokenizer("gemma"),
+    ),
+    "mistral3": (  # a tiny Pixtral vision tower, left out
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        {
+            "text_config": {
+                "model_type": "mistral",
+                "sliding_window": None,
+                "tie_word_embeddings": False,
+            },
+            "vision_config": {**VISION, "model_type": "pixtral", "head_dim": 16},
+        },
+        lambda: sp_tokenizer("llama"),
+    ),
+    # No window: llama.cpp slides only the 64-layer model's window (and RoPE everywhere else).
+    "exaone4": (
+        "Exaone4ForCausalLM",
+        "Exaone4Config",
+        {
+            "sliding_window": None,
+            "layer_types": ["full_attention", "full_attention"],
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
+    "ernie4_5": (
+        "Ernie4_5ForCausalLM",
+        "Ernie4_5Config",
+        {"head_dim": 64, "tie_word_embeddings": True},
+        lambda: sp_tokenizer("llama"),
+    ),
+}
+
+
 def tiny_checkpoint(arch: str) -> Path:
     """A random two-layer checkpoint of `arch` with a real tokenizer, plus reference.json:
     transformers' float32 logits for PROMPTS (every position) as .npy files."""
@@ -482,7 +617,7 @@ def tiny_checkpoint(arch: str) -> Path:
         import transformers
 
         torch.set_num_threads(1)  # the machine is shared; the models are tiny
-        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS}[arch]
+        model_cls, config_cls, fields, tokenizer = {**ARCHS, **MOE_ARCHS, **DENSE_ARCHS_2}[arch]
         tok_dir = tokenizer()
         for f in tok_dir.iterdir():
             if f.is_file() and f.name != ".done":
@@ -494,9 +629,12 @@ def tiny_checkpoint(arch: str) -> Path:
             for k in ("bos_token", "eos_token", "pad_token")
             if getattr(tok, f"{k}_id", None) is not None
         }
-        config = getattr(transformers, config_cls)(
-            vocab_size=vocab, **{**SMALL, **fields}, **{f"{k}_id": v for k, v in special.items()}
-        )
+        text = {"vocab_size": vocab, **SMALL, **{f"{k}_id": v for k, v in special.items()}}
+        if "text_config" in fields:  # image and text: the small sizes are the text model's
+            fields = {**fields, "text_config": {**text, **fields["text_config"]}}
+            config = getattr(transformers, config_cls)(**fields)
+        else:
+            config = getattr(transformers, config_cls)(**{**text, **fields})
         torch.manual_seed(0)
         model = getattr(transformers, model_cls)(config).eval()
         with torch.no_grad():  # random norms too, so that a wrong norm convention shows

@@ -187,6 +187,7 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
     ckpt = open_checkpoint(source.path)
     conv = converter_for(ckpt)
     vocab = load_vocab(ckpt, conv.n_vocab)
+    conv.adjust_vocab(vocab)
     plans = conv.plans()
     if adapter is not None:
         from llmrun.quantize.lora import merged_plans

@@ -4,7 +4,8 @@ A module subclasses `Converter`, names its gguf-py architecture, and overrides
 only what its family does differently: `metadata` (extra GGUF keys), `inputs`
 (checkpoint tensors grouped, such as experts stacked: moe.py), `rename` (names
 gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on norms...)
-and `extra` (tensors the checkpoint lacks, such as rope_freqs).
+`extra` (tensors the checkpoint lacks, such as rope_freqs) and `adjust_vocab`
+(special tokens the tokenizer files do not name, as GLM-4's).
 A plan is lazy: the writer reads the source tensors when it writes the plan.
 """
 
@@ -20,6 +21,7 @@ from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
 from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
+from llmrun.quantize.vocab import Vocab
 
 # Tensors of Hugging Face checkpoints that llama.cpp computes itself: never written.
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
@@ -153,6 +155,9 @@ class Converter:
                     add(w, float(rope[key]))
         elif kind not in ("default", "llama3"):  # llama3 is a rope_freqs tensor (llama.py)
             raise BadInput(f"config.json: RoPE scaling {kind!r} is not supported")
+
+    def adjust_vocab(self, vocab: Vocab) -> None:
+        """Family quirks of the exported tokenizer, changed in place (default: none)."""
 
     # ------------------------------------------------------------ tensors
 

@@ -1,12 +1,8 @@
 """Granite MoE (GraniteMoeForCausalLM, and GraniteMoeSharedForCausalLM with a shared
-expert): Llama's attention (Q/K rows permuted) with Granite's four multipliers, and
-experts stored already stacked.
+expert): dense Granite's attention and multipliers (granite.py), and experts stored
+already stacked.
 
 Quirks:
-- The multipliers become llama.cpp's scales: attention_multiplier replaces
-  1/sqrt(head_dim), embedding_multiplier and residual_multiplier scale the
-  embeddings and each residual branch, logits_scaling divides the logits
-  (llama.cpp requires the logit scale).
 - Each layer's experts are one `input_linear` (n_expert x 2*ff x hidden: gate rows,
   then up rows) and one `output_linear` (down); the shared expert's `input_linear`
   is fused the same way. The fused ones are split into llama.cpp's gate and up.
@@ -20,10 +16,9 @@ import re
 from collections.abc import Iterator
 
 import gguf
-from gguf import GGUFWriter
 
 from llmrun.quantize.archs.base import TensorPlan
-from llmrun.quantize.archs.llama import LlamaConverter
+from llmrun.quantize.archs.granite import GraniteConverter
 from llmrun.quantize.archs.moe import MoeConverter, split_gate_up
 
 T = gguf.MODEL_TENSOR
@@ -33,24 +28,11 @@ FUSED: dict[str, tuple[gguf.MODEL_TENSOR, gguf.MODEL_TENSOR]] = {
     "shared_mlp.input_linear.weight": (T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP),
 }
 LAYER = re.compile(r"\.layers\.(\d+)\.(.+)")
-# config.json multiplier -> the GGUFWriter method of llama.cpp's scale
-SCALES = {
-    "attention_multiplier": GGUFWriter.add_attention_scale,
-    "embedding_multiplier": GGUFWriter.add_embedding_scale,
-    "residual_multiplier": GGUFWriter.add_residual_scale,
-    "logits_scaling": GGUFWriter.add_logit_scale,
-}
 
 
-class GraniteMoeConverter(MoeConverter, LlamaConverter):
+class GraniteMoeConverter(MoeConverter, GraniteConverter):
     arch = gguf.MODEL_ARCH.GRANITE_MOE
     norm_top_k = True
-
-    def metadata(self, w: GGUFWriter) -> None:
-        super().metadata(w)
-        for key, add in SCALES.items():
-            if (value := self.config.get(key)) is not None:
-                add(w, float(value))
 
     def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
         for hf_name, plan in super().inputs():

@@ -1,0 +1,97 @@
+"""Dense families added after the first ones (issue 17), on random two-layer checkpoints
+made by transformers: F32 logits equal transformers', Q8_0 and Q4_K_M load and generate,
+and the F32 file is llama.cpp's reference converter's, tensor for tensor and key for key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmrun.ggufinfo import read_info
+from llmrun.quantize import quantize
+from tests.quantize_checks import (
+    PROVENANCE,
+    generate,
+    gguf_differences,
+    llama_logits,
+    relative_error,
+)
+from tests.quantize_fixtures import DENSE_ARCHS_2, reference, tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+# Differences from llama.cpp's converter, by fixture, and why.
+KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
+    # As test_quantize_moe.py's Mixtral: llmrun's SentencePiece export (scores and types of
+    # <unk>, <s>, </s>; add_bos_token from tokenizer_config).
+    "ernie4_5": {
+        **dict.fromkeys(
+            ("tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.add_bos_token"),
+            "llmrun's SentencePiece vocabulary export, not ERNIE's",
+        ),
+        # llama.cpp's converter copies tokenizer_config's add_prefix_space, here null (False
+        # in its file); llmrun asks the SentencePiece model, which adds the space, as
+        # transformers' tokenizer does.
+        "tokenizer.ggml.add_space_prefix": "taken from the SentencePiece model, not the config",
+    },
+    "mistral3": dict.fromkeys(
+        ("tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.add_bos_token"),
+        "llmrun's SentencePiece vocabulary export, not the text part's tensors",
+    ),
+    "gemma3mm": {
+        # The fixture's Gemma tokenizer: transformers added <bos>, <eos> and <mask> after the
+        # SentencePiece pieces, which llmrun exports (as transformers tokenizes) and llama.cpp's
+        # converter pads over; add_bos_token from tokenizer_config.
+        **dict.fromkeys(
+            (
+                "tokenizer.ggml.tokens",
+                "tokenizer.ggml.scores",
+                "tokenizer.ggml.token_type",
+                "tokenizer.ggml.add_bos_token",
+            ),
+            "llmrun's SentencePiece vocabulary export, not the text part's tensors",
+        ),
+        # llama.cpp's converter leaves Gemma 3's layer pattern to llama.cpp's default (five
+        # sliding layers to one global); llmrun writes config.json's layer_types, which the
+        # two-layer fixture needs to match transformers.
+        "gemma3.attention.sliding_window_pattern": "written from layer_types",
+    },
+}
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    out = quantize(str(ckpt), type="F32", output=tmp_path / f"{arch}.gguf").path
+    for ids, want in reference(ckpt):
+        err = relative_error(llama_logits(out, ids), want)
+        assert err < 1e-3, f"{arch} F32: logits differ by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
+    ckpt = str(tiny_checkpoint(arch))
+    for qtype in ("Q8_0", "Q4_K_M"):
+        out = quantize(ckpt, type=qtype, output=tmp_path / f"{qtype}.gguf").path
+        assert read_info(out).quant == qtype
+        assert generate(out, "The quick brown fox", n=8)
+
+
+@pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
+def test_same_file_as_llama_cpps_converter(arch: str, tmp_path: Path, llama_cpp_src: Path) -> None:
+    ckpt = tiny_checkpoint(arch)
+    ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
+    theirs = tmp_path / "theirs.gguf"
+    convert = [sys.executable, str(llama_cpp_src / "convert_hf_to_gguf.py"), str(ckpt)]
+    r = subprocess.run(
+        [*convert, "--outtype", "f32", "--outfile", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ignore = {**PROVENANCE, **KNOWN_DIFFERENCES.get(arch, {})}
+    assert gguf_differences(ours, theirs, ignore) == []
