@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,9 +169,16 @@ def add_stored(src: Path, name: str, quant: str, hash: bool = False, **manifest:
     return dest
 
 
-def rewrite_gguf(src: Path, out: Path, extra: dict[str, int] | None = None, **writer: Any) -> None:
-    """Write `src` again as `out`: every key (and `extra` uint32 keys) and every tensor;
-    `writer` goes to gguf.GGUFWriter (split_max_tensors=...)."""
+def rewrite_gguf(
+    src: Path,
+    out: Path,
+    extra: dict[str, int] | None = None,
+    drop: Collection[str] = (),
+    values: Mapping[str, Any] | None = None,
+    **writer: Any,
+) -> None:
+    """Write `src` again as `out`: every key but `drop` (`values` replacing some, `extra`
+    uint32 keys added) and every tensor; `writer` goes to gguf.GGUFWriter (split_max_tensors)."""
     import gguf
 
     reader = gguf.GGUFReader(src)
@@ -179,9 +186,12 @@ def rewrite_gguf(src: Path, out: Path, extra: dict[str, int] | None = None, **wr
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):
             continue  # written by the writer itself
+        if field.name in drop:
+            continue
         kind = field.types[0]
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+        value = (values or {}).get(field.name, field.contents())
+        w.add_key_value(field.name, value, kind, sub_type=sub)
     for key, value in (extra or {}).items():
         w.add_uint32(key, value)
     for t in reader.tensors:

@@ -3,6 +3,8 @@ and a GGUF file compared with another (llama.cpp's reference converter's)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,16 @@ def _tensor_differences(a: gguf.GGUFReader, b: gguf.GGUFReader) -> list[str]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} items)"
+
+
+def llama_cpp_conversion(llama_cpp_src: Path, ckpt: Path, out: Path) -> Path:
+    """`ckpt` converted to F32 by llama.cpp's convert_hf_to_gguf.py (the sdist's), as `out`."""
+    script = llama_cpp_src / "convert_hf_to_gguf.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(ckpt), "--outtype", "f32", "--outfile", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.quantize_fixtures import PROMPTS, cached, tiny_checkpoint
+from tests.quantize_fixtures import cached, reference, save_reference, tiny_checkpoint
 
 RANK = 8
 ALPHA = 16
@@ -50,22 +50,9 @@ def peft_adapter() -> Path:
                     p.copy_(0.05 * torch.randn_like(p))
         model.save_pretrained(out / "adapter")
         merged = model.merge_and_unload().eval()
-        tok = AutoTokenizer.from_pretrained(base)
-        refs = []
-        for i, prompt in enumerate(PROMPTS):
-            ids = tok(prompt)["input_ids"]
-            with torch.no_grad():
-                logits = merged(torch.tensor([ids])).logits[0].float().numpy()
-            np.save(out / f"logits-{i}.npy", logits)
-            refs.append({"prompt": prompt, "ids": ids, "logits": f"logits-{i}.npy"})
-        (out / "reference.json").write_text(json.dumps(refs, ensure_ascii=False))
+        save_reference(merged, AutoTokenizer.from_pretrained(base), out)
 
     return cached(f"lora-tiny-llama-{recipe}", build)
-
-
-def reference(folder: Path) -> list[tuple[list[int], np.ndarray]]:
-    refs = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
-    return [(r["ids"], np.load(folder / r["logits"])) for r in refs]
 
 
 def llama_cpp_convert(adapter: Path, base: Path, out: Path, outtype: str = "f32") -> Path:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tests.quantize_checks import (
     PROVENANCE,
     generate,
     gguf_differences,
+    llama_cpp_conversion,
     llama_logits,
     relative_error,
 )
@@ -66,15 +65,7 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
 def test_same_file_as_llama_cpps_converter(arch: str, tmp_path: Path, llama_cpp_src: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
-    theirs = tmp_path / "theirs.gguf"
-    convert = [sys.executable, str(llama_cpp_src / "convert_hf_to_gguf.py"), str(ckpt)]
-    r = subprocess.run(
-        [*convert, "--outtype", "f32", "--outfile", str(theirs)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
     ignore = {**PROVENANCE, **KNOWN_DIFFERENCES.get(arch, {})}
     assert gguf_differences(ours, theirs, ignore) == []
 

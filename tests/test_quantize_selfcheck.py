@@ -10,35 +10,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gguf
 import pytest
 
 from llmrun.quantize import quantize
 from llmrun.quantize.selfcheck import PROBES, SelfCheckFailed, self_check
 from llmrun.resolve import demo_gguf
+from tests.conftest import rewrite_gguf
 
 pytestmark = pytest.mark.skipif(demo_gguf() is None, reason="demo model package not installed")
 
 
 def as_sentencepiece(src: Path, out: Path) -> Path:
     """`src` again, its BPE vocabulary declared SentencePiece: loads, aborts on tokenizing."""
-    reader = gguf.GGUFReader(src)
-    w = gguf.GGUFWriter(out, reader.fields["general.architecture"].contents())
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue
-        if field.name in ("tokenizer.ggml.merges", "tokenizer.ggml.pre"):
-            continue  # BPE only
-        value = "llama" if field.name == "tokenizer.ggml.model" else field.contents()
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(field.name, value, kind, sub_type=sub)
-    for t in reader.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    bpe_only = ("tokenizer.ggml.merges", "tokenizer.ggml.pre")
+    rewrite_gguf(src, out, drop=bpe_only, values={"tokenizer.ggml.model": "llama"})
     return out
 
 
