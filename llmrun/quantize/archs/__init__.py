@@ -47,7 +47,7 @@ def converter_for(ckpt: Checkpoint) -> Converter:
         what = f"architecture {arch!r}" if arch else "a config.json without architectures"
         raise BadInput(
             f"{ckpt.folder}: {what} is not supported",
-            # Thirty names do not fit one line: the count, and where the list is.
+            # Two dozen names do not fit one line: the count, and where the list is.
             f"{len(ARCHITECTURES)} are: `llmrun quantize --list-archs` lists them",
         )
     return importlib.import_module(f"llmrun.quantize.archs.{module}").CONVERTER(ckpt)
