@@ -136,7 +136,7 @@ class _Header:
         return start
 
     def _scalar(self, fmt: str) -> Any:
-        code = struct.Struct(self.order + fmt)
+        code = _struct(self.order + fmt)
         return code.unpack_from(self.buf, self._take(code.size))[0]
 
     def _string(self) -> str:
@@ -160,7 +160,7 @@ class _Header:
             self._take(count * struct.calcsize(SCALARS[item_type]))
         elif item_type == STRING:  # walk the lengths: the vocabulary's ~50k strings
             length, buf, offset, size = (
-                struct.Struct(self.order + "Q"),
+                _struct(self.order + "Q"),
                 self.buf,
                 self.offset,
                 len(self.buf),
@@ -187,6 +187,12 @@ class _Header:
         for d in shape:
             n *= d
         return TensorInfo(name, shape, kind.name, n, n * type_size // block)
+
+
+@functools.lru_cache(maxsize=None)
+def _struct(fmt: str) -> struct.Struct:
+    # One compiled format per code: a header has thousands of scalars.
+    return struct.Struct(fmt)
 
 
 @functools.lru_cache(maxsize=8)
