@@ -12,14 +12,24 @@ import typer
 from llmrun.cli.common import app, note_cpu_only, quiet_stderr
 from llmrun.cli.flags import (
     GenerationOptions,
-    ModelArg,
     NoPullOpt,
     QuietOpt,
+    complete_model,
     generation_options,
 )
 from llmrun.cli.output import progress_for_stderr
 from llmrun.errors import BadInput
 
+EmbedModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="MODEL",
+        autocompletion=complete_model,
+        help="The model: a .gguf path, a store name name[:QUANT], an alias from models.toml, "
+        "or org/repo[:QUANT].",
+        show_default=False,
+    ),
+]
 TextsArg = Annotated[
     list[str] | None,
     typer.Argument(
@@ -44,7 +54,7 @@ EmbedCtxOpt = Annotated[
     typer.Option(
         "-c",
         "--ctx-size",
-        help="Most tokens per text. [default: 2048, at most the model's training context]",
+        help="Most tokens per text (default: 2048, at most the model's training context).",
         show_default=False,
     ),
 ]
@@ -53,7 +63,7 @@ EmbedCtxOpt = Annotated[
 @app.command("embed")
 @generation_options(("n_gpu_layers", "threads", "verbose"))
 def embed_cmd(
-    model: ModelArg = None,
+    model: EmbedModelArg = None,
     texts: TextsArg = None,
     normalize: NormalizeOpt = True,
     truncate: TruncateOpt = False,
@@ -64,8 +74,11 @@ def embed_cmd(
 ) -> None:
     """Embedding vectors of texts: one JSON array of floats a line, in the order given.
 
-    Without TEXT, each line of stdin is one text. Embedding models (BERT, bge, nomic-embed,
-    bge-m3, e5) pool as they were trained to; a generative model is mean-pooled, as Ollama does.
+    Without TEXT, each line of stdin is one text.
+
+    Embedding models (BERT, bge, nomic-embed, bge-m3, e5) pool as they were trained to.
+
+    A generative model is mean-pooled, as Ollama does.
 
     Examples: llmrun embed bge-small-en-v1.5.gguf "a cat" "a dog"
     cat lines.txt | llmrun embed all-minilm:Q8_0 > vectors.jsonl
