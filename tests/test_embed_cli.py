@@ -95,3 +95,20 @@ def test_what_cannot_be_embedded_is_one_line(llmrun_inprocess, smollm2, tmp_path
     assert r.code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     r = llmrun_inprocess("embed")
     assert r.code == 2 and "no model given" in r.stderr
+
+
+def test_serve_embeddings_answers_with_an_encoder(llmrun_inprocess, bert, tmp_path) -> None:
+    """`serve --embeddings` on the BERT file, through the real OpenAI client: the vectors
+    `llmrun embed` prints."""
+    from tests.test_serve import start_server, stop_server
+
+    want = vectors(llmrun_inprocess("embed", str(bert), *TEXTS, "-t", "1").stdout)
+    srv = start_server(bert, tmp_path / "home", "--embeddings")
+    try:
+        answer = srv.client().embeddings.create(model="bert", input=list(TEXTS))
+    finally:
+        assert stop_server(srv) == 0, srv.stderr.read_text()
+    got = [np.asarray(d.embedding) for d in answer.data]
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
