@@ -15,6 +15,7 @@ from typing import Any
 
 from llmrun.engine.embed import MAX_INPUT_TOKENS, Embedder
 from llmrun.errors import BadOption, ContextOverflow
+from llmrun.ggufinfo import read_info
 
 
 def embed(
@@ -48,7 +49,8 @@ def embed(
         pull=pull,
         progress=progress,
     )
-    n_ctx = ctx_size or MAX_INPUT_TOKENS
+    trained = read_info(prepared.resolved.path).context_length
+    n_ctx = min(ctx_size or MAX_INPUT_TOKENS, trained or MAX_INPUT_TOKENS)
     # The model's own context is not used for embeddings: the smallest that holds a text.
     loaded = load_model(prepared.resolved.path, replace(prepared.load, ctx_size=n_ctx))
     try:
