@@ -10,7 +10,8 @@ files, plus transformers' pooled vectors of TEXTS (reference.json):
 - nomic_bert: transformers' NomicBertModel, saved as nomic-ai's checkpoints are (fused
   Wqkv, fc11/fc12/fc2, GPT-2-style config names), the same WordPiece tokenizer, mean pooling.
 - xlmroberta: XLMRobertaModel with a SentencePiece Unigram trained here, XLM-R style
-  (sentencepiece.bpe.model beside tokenizer.json), mean pooling as multilingual-e5.
+  (sentencepiece.bpe.model beside tokenizer.json), mean pooling as multilingual-e5;
+  xlmroberta_json: the same without sentencepiece.bpe.model (tokenizer.json only).
 
 Cached through quantize_fixtures.cached, under names holding this file's digest.
 """
@@ -41,7 +42,7 @@ SMALL = {
     "intermediate_size": 128,
     "layer_norm_eps": 1e-12,
 }
-POOLING = {"bert": "cls", "nomic_bert": "mean", "xlmroberta": "mean"}
+POOLING = {"bert": "cls", "nomic_bert": "mean", "xlmroberta": "mean", "xlmroberta_json": "mean"}
 
 
 def wordpiece_tokenizer(llama_cpp_src: Path) -> Path:
@@ -122,6 +123,9 @@ def embed_checkpoint(arch: str, llama_cpp_src: Path) -> Path:
     """A random two-layer encoder of `arch` (bert, nomic_bert, xlmroberta), with its
     tokenizer, pooling files and reference.json: transformers' ids and pooled vectors."""
 
+    if arch == "xlmroberta_json":
+        return _without_sentencepiece(embed_checkpoint("xlmroberta", llama_cpp_src))
+
     def build(out: Path) -> None:
         import torch
         import transformers
@@ -150,6 +154,16 @@ def embed_checkpoint(arch: str, llama_cpp_src: Path) -> Path:
         _save_reference(model, tok, POOLING[arch], out)
 
     return cached(f"embed-{arch}-{RECIPE}", build)
+
+
+def _without_sentencepiece(src: Path) -> Path:
+    """`src` without sentencepiece.bpe.model: the Unigram comes from tokenizer.json alone."""
+
+    def build(out: Path) -> None:
+        shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".done"))
+        (out / "sentencepiece.bpe.model").unlink()
+
+    return cached(f"embed-xlmroberta_json-{RECIPE}", build)
 
 
 def _bert(vocab: int, tok: Any) -> Any:

@@ -25,6 +25,16 @@ ARCHS = tuple(POOLING)
 NAMING = dict.fromkeys(
     ("general.basename", "general.finetune"), "llama.cpp's converter parses the folder name"
 )
+# Differences from llama.cpp's converter, by fixture, and why.
+KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
+    "xlmroberta_json": {
+        # From tokenizer.json, llama.cpp's converter takes clean_up_tokenization_spaces (a
+        # decoding setting, False here), and its tokenizer then keeps runs of spaces that
+        # XLM-R's WhitespaceSplit pre-tokenizer drops: the ids differ (llmrun's self-check
+        # refuses that file). llmrun writes what the pre-tokenizer does.
+        "tokenizer.ggml.remove_extra_whitespaces": "from the WhitespaceSplit pre-tokenizer",
+    },
+}
 POOLING_TYPES = {"cls": gguf.PoolingType.CLS, "mean": gguf.PoolingType.MEAN}
 
 
@@ -46,13 +56,14 @@ def test_same_file_as_llama_cpps_converter(
 ) -> None:
     ckpt = embed_checkpoint(arch, llama_cpp_src)
     theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
-    assert gguf_differences(converted[arch], theirs, {**PROVENANCE, **NAMING}) == []
+    ignore = {**PROVENANCE, **NAMING, **KNOWN_DIFFERENCES.get(arch, {})}
+    assert gguf_differences(converted[arch], theirs, ignore) == []
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_vocabulary_and_pooling_are_the_encoders(arch: str, converted: dict[str, Path]) -> None:
     fields = gguf.GGUFReader(converted[arch]).fields
-    model = {"xlmroberta": "t5"}.get(arch, "bert")
+    model = "t5" if arch.startswith("xlmroberta") else "bert"
     assert fields["tokenizer.ggml.model"].contents() == model
     arch_name = fields["general.architecture"].contents()
     assert fields[f"{arch_name}.pooling_type"].contents() == POOLING_TYPES[POOLING[arch]]

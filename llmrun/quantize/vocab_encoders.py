@@ -6,7 +6,8 @@
 - SentencePiece Unigram (XLM-RoBERTa: bge-m3, multilingual-e5): `t5`, from
   sentencepiece.bpe.model, realigned to Hugging Face's ids (fairseq's <s> <pad> </s> <unk>
   first, every piece one id later), with the model's normalizer (its precompiled
-  character map, whether it adds a dummy prefix and squeezes whitespace).
+  character map, whether it adds a dummy prefix and squeezes whitespace); from
+  tokenizer.json when the checkpoint has no SentencePiece model.
 
 Special token ids and whether CLS/SEP (<s>/</s>) are added come through gguf-py's
 `SpecialVocab`, which reads tokenizer.json's post-processor, as llama.cpp's converter does.
@@ -14,6 +15,7 @@ Special token ids and whether CLS/SEP (<s>/</s>) are added come through gguf-py'
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import gguf
@@ -108,14 +110,12 @@ def _phantom(token: str, kind: int) -> str:
 
 
 def unigram(ckpt: Checkpoint, n_vocab: int) -> Vocab:
-    from sentencepiece import SentencePieceProcessor
-
+    """From sentencepiece.bpe.model when the checkpoint has it, else from tokenizer.json."""
     path = ckpt.file(UNIGRAM_FILE)
     if path is None:
-        raise BadInput(
-            f"{ckpt.folder} has no {UNIGRAM_FILE}",
-            "copy the SentencePiece model of the checkpoint into the folder",
-        )
+        return _unigram_json(ckpt, n_vocab)
+    from sentencepiece import SentencePieceProcessor
+
     try:
         sp = SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as e:
@@ -142,6 +142,76 @@ def unigram(ckpt: Checkpoint, n_vocab: int) -> Vocab:
         remove_extra_whitespaces=spec["remove_extra_whitespaces"],
         precompiled_charsmap=spec["precompiled_charsmap"] or None,
     )
+
+
+def _unigram_json(ckpt: Checkpoint, n_vocab: int) -> Vocab:
+    """tokenizer.json's Unigram, in Hugging Face's ids already, as llama.cpp's converter reads
+    it: its scores, the unknown token, special tokens as control, other added ones as
+    user-defined; the space prefix from tokenizer_config.json."""
+    if tokenizer_kind(ckpt) != "Unigram":
+        raise BadInput(f"{ckpt.folder}/tokenizer.json is not a Unigram tokenizer")
+    data = ckpt.json("tokenizer.json")
+    config = ckpt.json("tokenizer_config.json")
+    pieces: list[list[Any]] = data["model"].get("vocab") or []
+    added = {a["id"]: a for a in data.get("added_tokens") or []}
+    by_text = {a["content"]: i for i, a in added.items()}
+    unk = by_text.get(config.get("unk_token"), data["model"].get("unk_id", 3))
+    size = max(n_vocab, len(pieces))
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    scores = [UNSCORED] * size
+    types = [int(TokenType.UNUSED)] * size
+    for i, (piece, score) in enumerate(pieces):
+        tokens[i], scores[i] = piece, float(score)
+        types[i] = int(_json_type(i, unk, added))
+    return Vocab(
+        "t5",
+        tokens,
+        types,
+        scores,
+        _special(ckpt, size),
+        _hf_reference(ckpt),
+        add_space_prefix=bool(config.get("add_prefix_space", _prepends_space(data))),
+        # llama.cpp's converter takes clean_up_tokenization_spaces (a decoding setting); what
+        # squeezes runs of whitespace when encoding is a WhitespaceSplit pre-tokenizer.
+        remove_extra_whitespaces=_splits_on_whitespace(data),
+        precompiled_charsmap=_charsmap(data.get("normalizer") or {}),
+    )
+
+
+def _json_type(i: int, unk: int, added: dict[int, dict[str, Any]]) -> TokenType:
+    if i == unk:
+        return TokenType.UNKNOWN
+    if i in added:
+        return TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED
+    return TokenType.NORMAL
+
+
+def _pre_steps(data: dict[str, Any]) -> list[dict[str, Any]]:
+    pre = data.get("pre_tokenizer") or {}
+    return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+
+
+def _splits_on_whitespace(data: dict[str, Any]) -> bool:
+    return any(step.get("type") == "WhitespaceSplit" for step in _pre_steps(data))
+
+
+def _prepends_space(data: dict[str, Any]) -> bool:
+    """Whether tokenizer.json's Metaspace puts "▁" before the text (its default: yes)."""
+    for step in _pre_steps(data):
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never"
+    return True
+
+
+def _charsmap(normalizer: dict[str, Any]) -> bytes | None:
+    """The Precompiled normalizer's character map (base64 in tokenizer.json), if any."""
+    if normalizer.get("type") == "Precompiled" and normalizer.get("precompiled_charsmap"):
+        return base64.b64decode(normalizer["precompiled_charsmap"])
+    for step in normalizer.get("normalizers") or []:
+        found = _charsmap(step)
+        if found:
+            return found
+    return None
 
 
 # SentencePiece's ModelProto: normalizer_spec is field 3; in it (NormalizerSpec) the fields
