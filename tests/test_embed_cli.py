@@ -54,6 +54,8 @@ def test_stdin_lines_are_the_texts_when_none_is_given(llmrun_inprocess, bert) ->
     assert len(got) == len(TEXTS)
     for a, b in zip(got, by_args, strict=True):
         assert a == pytest.approx(b, abs=1e-6)
+    dash = llmrun_inprocess("embed", str(bert), "-", "-t", "1", input="\n".join(TEXTS))
+    assert dash.code == 0 and vectors(dash.stdout) == [pytest.approx(v, abs=1e-6) for v in got]
 
 
 def test_no_normalize_gives_the_pooled_vector(llmrun_inprocess, bert, llama_cpp_src) -> None:

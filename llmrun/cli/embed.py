@@ -20,6 +20,8 @@ from llmrun.cli.flags import (
 from llmrun.cli.output import progress_for_stderr
 from llmrun.errors import BadInput
 
+STDIN_MARK = "-"  # as `llmrun run -`: the texts are stdin's lines
+
 EmbedModelArg = Annotated[
     str | None,
     typer.Argument(
@@ -34,7 +36,7 @@ TextsArg = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="[TEXT]...",
-        help="Texts to embed, one vector each. Default: each line of stdin.",
+        help="Texts to embed, one vector each; `-` or none: each line of stdin.",
         show_default=False,
     ),
 ]
@@ -89,6 +91,8 @@ def embed_cmd(
     quiet_stderr(quiet, options.verbose)
     if model is None:
         raise BadInput("no model given", "name one: llmrun embed MODEL [TEXT...]")
+    if texts == [STDIN_MARK]:
+        texts = None
     if not texts and sys.stdin.isatty():
         raise BadInput(
             "no text given", 'pass some (llmrun embed MODEL "text") or pipe lines on stdin'
