@@ -13,7 +13,8 @@ files, plus transformers' pooled vectors of TEXTS (reference.json):
   (sentencepiece.bpe.model beside tokenizer.json), mean pooling as multilingual-e5;
   xlmroberta_json: the same without sentencepiece.bpe.model (tokenizer.json only).
 
-Cached through quantize_fixtures.cached, under names holding this file's digest.
+Cached through quantize_fixtures.cached, under names holding this file's digest (the
+entries of older digests are deleted).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.quantize_fixtures import cached, corpus
+from tests.quantize_fixtures import cache_root, cached, corpus
 
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
 # Hard strings: spaces, tabs and newlines, digits, accents, CJK, emoji, apostrophes, case.
@@ -43,6 +44,16 @@ SMALL = {
     "layer_norm_eps": 1e-12,
 }
 POOLING = {"bert": "cls", "nomic_bert": "mean", "xlmroberta": "mean", "xlmroberta_json": "mean"}
+
+
+def _cached(name: str, build: Any) -> Path:
+    """quantize_fixtures.cached under `name-RECIPE`; what older recipes built is deleted."""
+    root = cache_root()
+    if root.is_dir():
+        for old in root.glob(f"{name}-*"):
+            if old.is_dir() and not old.name.endswith(RECIPE):
+                shutil.rmtree(old, ignore_errors=True)
+    return cached(f"{name}-{RECIPE}", build)
 
 
 def wordpiece_tokenizer(llama_cpp_src: Path) -> Path:
@@ -77,7 +88,7 @@ def wordpiece_tokenizer(llama_cpp_src: Path) -> Path:
         )
         fast.save_pretrained(out)
 
-    return cached(f"embed-tokenizer-wordpiece-{RECIPE}", build)
+    return _cached("embed-tokenizer-wordpiece", build)
 
 
 def _unphantom(token: str, kind: int) -> str:
@@ -116,7 +127,7 @@ def unigram_tokenizer() -> Path:
         AutoTokenizer.from_pretrained(src).save_pretrained(final)
         shutil.copy(out / "sp.model", final / "sentencepiece.bpe.model")
 
-    return cached(f"embed-tokenizer-unigram-{RECIPE}", build) / "hf"
+    return _cached("embed-tokenizer-unigram", build) / "hf"
 
 
 def embed_checkpoint(arch: str, llama_cpp_src: Path) -> Path:
@@ -153,7 +164,7 @@ def embed_checkpoint(arch: str, llama_cpp_src: Path) -> Path:
         _pooling_files(out, POOLING[arch])
         _save_reference(model, tok, POOLING[arch], out)
 
-    return cached(f"embed-{arch}-{RECIPE}", build)
+    return _cached(f"embed-{arch}", build)
 
 
 def _without_sentencepiece(src: Path) -> Path:
@@ -163,7 +174,7 @@ def _without_sentencepiece(src: Path) -> Path:
         shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".done"))
         (out / "sentencepiece.bpe.model").unlink()
 
-    return cached(f"embed-xlmroberta_json-{RECIPE}", build)
+    return _cached("embed-xlmroberta_json", build)
 
 
 def _bert(vocab: int, tok: Any) -> Any:
