@@ -18,7 +18,7 @@ from llmrun.errors import LlmrunError
 
 # Importing a command module registers its commands on `app`.
 from llmrun.cli import chat, info, models, pull, quantize, run, serve, ps  # noqa: F401  isort: skip
-from llmrun.cli import bench, eval, worker, cache  # noqa: F401  isort: skip
+from llmrun.cli import bench, eval, worker, cache, embed  # noqa: F401  isort: skip
 
 EXIT_INTERRUPTED = 130
 

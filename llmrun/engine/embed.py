@@ -5,7 +5,8 @@ model) and is made with `embeddings` on, so llama_decode pools the final
 hidden states of each sequence into one vector. Models that say how to pool
 (embedding models: CLS, mean, last) are pooled their way; a generative model
 says nothing, and is mean-pooled over its tokens, as llama-server does with
-`--pooling mean`. Vectors are scaled to unit length, as OpenAI's are.
+`--pooling mean`. Vectors are scaled to unit length, as OpenAI's and Ollama's are,
+unless asked not to be (`llmrun embed --no-normalize`).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class Embedder:
                 "split the text",
             )
 
-    def embed(self, tokens: list[int]) -> np.ndarray:
-        """The unit-length embedding of one tokenized input."""
+    def embed(self, tokens: list[int], normalize: bool = True) -> np.ndarray:
+        """The embedding of one tokenized input: unit length, or as pooled (`normalize=False`)."""
         self.check(tokens)
         with self.lock:
             if self._ctx is None:
@@ -93,4 +94,4 @@ class Embedder:
                 ctypes.cast(raw, ctypes.POINTER(ctypes.c_float)), shape=(self.n_embd,)
             ).astype(np.float32)
         norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        return vector / norm if normalize and norm > 0 else vector

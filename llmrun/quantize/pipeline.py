@@ -28,7 +28,7 @@ from llmrun.quantize.progress import QuantizeProgress
 from llmrun.quantize.selfcheck import self_check
 from llmrun.quantize.source import Source, find_source
 from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
-from llmrun.quantize.vocab import Reference, Vocab, load_vocab
+from llmrun.quantize.vocab import Reference, Vocab
 from llmrun.quantize.writer import write_gguf
 from llmrun.store import store_name
 
@@ -186,7 +186,7 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
     progress.stage(f"reading {source.path}")
     ckpt = open_checkpoint(source.path)
     conv = converter_for(ckpt)
-    vocab = load_vocab(ckpt, conv.n_vocab)
+    vocab = conv.vocab()
     conv.adjust_vocab(vocab)
     plans = conv.plans()
     if adapter is not None:

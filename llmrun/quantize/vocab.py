@@ -31,6 +31,9 @@ from llmrun.quantize.checkpoint import Checkpoint
 from llmrun.quantize.pretokenizer import PreTokenizer, identify
 
 SPACE = "\u2581"  # SentencePiece's visible space
+# llama.cpp's keys for BertNormalizer settings (newer gguf-py than we require names them)
+NORMALIZER_LOWERCASE = "tokenizer.ggml.normalizer.lowercase"
+NORMALIZER_STRIP_ACCENTS = "tokenizer.ggml.normalizer.strip_accents"
 LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")  # added tokens some models forget to mark
 
 
@@ -44,7 +47,7 @@ class Reference:
 
 @dataclass
 class Vocab:
-    model: str  # tokenizer.ggml.model: "gpt2" or "llama"
+    model: str  # tokenizer.ggml.model: "gpt2", "llama" (vocab_encoders.py: "bert", "t5")
     tokens: list[str]
     types: list[int]
     scores: list[float] | None
@@ -52,6 +55,10 @@ class Vocab:
     reference: Reference
     pre: PreTokenizer | None = None
     add_space_prefix: bool | None = None
+    remove_extra_whitespaces: bool | None = None  # SentencePiece Unigram ("t5")
+    precompiled_charsmap: bytes | None = None  # its normalizer, as SentencePiece stores it
+    lowercase: bool | None = None  # WordPiece ("bert"): BertNormalizer's settings
+    strip_accents: bool | None = None
     warnings: list[str] = field(default_factory=list)
 
     def write(self, w: GGUFWriter) -> None:
@@ -63,7 +70,18 @@ class Vocab:
         w.add_token_types(self.types)
         if self.add_space_prefix is not None:
             w.add_add_space_prefix(self.add_space_prefix)
-        self.special.add_to_gguf(w, quiet=True)
+        if self.remove_extra_whitespaces is not None:
+            w.add_remove_extra_whitespaces(self.remove_extra_whitespaces)
+        if self.precompiled_charsmap:
+            w.add_precompiled_charsmap(self.precompiled_charsmap)
+        for key, value in (
+            (NORMALIZER_LOWERCASE, self.lowercase),
+            (NORMALIZER_STRIP_ACCENTS, self.strip_accents),
+        ):
+            if value is not None:
+                w.add_bool(key, value)
+        with quiet_gguf():  # "no handler for cls": gguf-py's older writers lack a few kinds
+            self.special.add_to_gguf(w, quiet=True)
 
 
 def load_vocab(ckpt: Checkpoint, n_vocab: int) -> Vocab:
@@ -107,20 +125,20 @@ def _bpe(ckpt: Checkpoint, n_vocab: int) -> Vocab:
             "byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model) are",
         )
     vocab: dict[str, int] = model.get("vocab") or {}
-    tokens, types = _table(n_vocab, {i: t for t, i in vocab.items()}, data.get("added_tokens"))
+    tokens, types = token_table(n_vocab, {i: t for t, i in vocab.items()}, data.get("added_tokens"))
     tokenizer = Tokenizer.from_file(str(path))
     pre = identify(tokenizer)
     ref = Reference(
         "tokenizer.json",
         lambda text, special: tokenizer.encode(text, add_special_tokens=special).ids,
     )
-    with _quiet():
+    with quiet_gguf():
         special = gguf.SpecialVocab(ckpt.folder, load_merges=True, n_vocab=n_vocab)
     warnings = [pre.warning] if pre.warning else []
     return Vocab("gpt2", tokens, types, None, special, ref, pre, warnings=warnings)
 
 
-def _table(
+def token_table(
     n_vocab: int, by_id: dict[int, str], added: list[dict[str, Any]] | None
 ) -> tuple[list[str], list[int]]:
     """Tokens and types for ids 0..n_vocab-1; ids nobody uses become [PADn], UNUSED."""
@@ -170,7 +188,7 @@ def _sentencepiece(ckpt: Checkpoint, n_vocab: int) -> Vocab:
     scores = [-1000.0] * n_vocab
     types = [int(TokenType.UNUSED)] * n_vocab
     for i in range(n_sp):
-        tokens[i], scores[i], types[i] = sp.id_to_piece(i), sp.get_score(i), _sp_type(sp, i)
+        tokens[i], scores[i], types[i] = sp.id_to_piece(i), sp.get_score(i), sp_type(sp, i)
     for a in _added_tokens(ckpt):
         if a["id"] < n_vocab:
             tokens[a["id"]], types[a["id"]] = _added(a)
@@ -178,12 +196,12 @@ def _sentencepiece(ckpt: Checkpoint, n_vocab: int) -> Vocab:
 
     add_prefix = sp.encode("a", out_type=str)[0].startswith(SPACE)
     ref = _reference(ckpt, sp)
-    with _quiet():
+    with quiet_gguf():
         special = gguf.SpecialVocab(ckpt.folder, load_merges=False, n_vocab=n_vocab)
     return Vocab("llama", tokens, types, scores, special, ref, add_space_prefix=add_prefix)
 
 
-def _sp_type(sp: Any, i: int) -> int:
+def sp_type(sp: Any, i: int) -> int:
     for test, kind in (
         (sp.is_unknown, TokenType.UNKNOWN),
         (sp.is_control, TokenType.CONTROL),
@@ -234,7 +252,7 @@ def _reference(ckpt: Checkpoint, sp: Any) -> Reference:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_gguf() -> Iterator[None]:
     """gguf-py logs its doubts about post-processors it half understands; we observe the
     tokenizer instead (below), so those warnings would only be noise on stderr."""
     logger = logging.getLogger("gguf")

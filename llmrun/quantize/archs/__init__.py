@@ -37,6 +37,10 @@ ARCHITECTURES: dict[str, str] = {
     "GraniteMoeForCausalLM": "granitemoe",
     "GraniteMoeSharedForCausalLM": "granitemoe",
     "GptOssForCausalLM": "gptoss",
+    # Encoders, for embeddings (`serve --embeddings`, `llmrun embed`)
+    "BertModel": "bert",
+    "NomicBertModel": "nomic_bert",
+    "XLMRobertaModel": "xlmroberta",
 }
 
 

@@ -4,7 +4,8 @@ A module subclasses `Converter`, names its gguf-py architecture, and overrides
 only what its family does differently: `metadata` (extra GGUF keys), `inputs`
 (checkpoint tensors grouped, such as experts stacked: moe.py), `rename` (names
 gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on norms...)
-`extra` (tensors the checkpoint lacks, such as rope_freqs) and `adjust_vocab`
+`extra` (tensors the checkpoint lacks, such as rope_freqs), `vocab` (the kind of
+tokenizer export: encoders' WordPiece and Unigram, bert.py) and `adjust_vocab`
 (special tokens the tokenizer files do not name, as GLM-4's).
 A plan is lazy: the writer reads the source tensors when it writes the plan.
 """
@@ -21,7 +22,7 @@ from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
 from llmrun.quantize.checkpoint import Checkpoint, SourceTensor
-from llmrun.quantize.vocab import Vocab
+from llmrun.quantize.vocab import Vocab, load_vocab
 
 # Tensors of Hugging Face checkpoints that llama.cpp computes itself: never written.
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
@@ -155,6 +156,10 @@ class Converter:
                     add(w, float(rope[key]))
         elif kind not in ("default", "llama3"):  # llama3 is a rope_freqs tensor (llama.py)
             raise BadInput(f"config.json: RoPE scaling {kind!r} is not supported")
+
+    def vocab(self) -> Vocab:
+        """The tokenizer as GGUF keys (default: byte-level BPE or SentencePiece, vocab.py)."""
+        return load_vocab(self.ckpt, self.n_vocab)
 
     def adjust_vocab(self, vocab: Vocab) -> None:
         """Family quirks of the exported tokenizer, changed in place (default: none)."""
