@@ -58,7 +58,6 @@ class Result:
     seconds: float = 0.0
     evaluation: Any = None  # what the `evaluate` hook returned
     mmproj: Path | None = None  # the projector file, with mmproj
-    mmproj_quant: str | None = None
     mmproj_kept: bool = False  # it existed and was left alone
 
 
@@ -151,7 +150,7 @@ def _add_projector(
     progress: QuantizeProgress,
 ) -> None:
     path = projector_path(result.path, qtype)
-    result.mmproj, result.mmproj_quant = path, qtype.name
+    result.mmproj = path
     if path.exists() and not force:
         progress.note(f"{path} exists: kept (--force to make it again)")
         result.mmproj_kept = True

@@ -30,7 +30,9 @@ SMOLVLM_VISION_DEFAULTS = {
 
 
 class SmolVLMConverter(TextOfMultimodal, LlamaConverter):
-    pass
+    def hyperparameters(self, config: dict[str, Any]) -> dict[str, Any]:
+        # SmolVLM2's text_config leaves the head count out: transformers' default
+        return {"num_attention_heads": 32, **super().hyperparameters(config)}
 
 
 class SmolVLMProjector(ProjectorConverter):
