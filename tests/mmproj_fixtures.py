@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tests.quantize_fixtures import SMALL, cached, smollm2_tokenizer, sp_tokenizer
 
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
@@ -154,6 +156,16 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# Families whose image processor takes a 32x32 image as it is (no resizing, no tiles), so
+# that transformers' embeddings of it are what mtmd must compute: saved as image-embeddings.npy
+SAME_PREPROCESSING = ("gemma3",)
+
+
+def sample_image() -> np.ndarray:
+    """A 32x32 RGB image of random pixels, (height, width, 3) uint8."""
+    return np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+
+
 def tiny_vlm(family: str) -> Path:
     """A random image-and-text checkpoint of `family`, with a real tokenizer and the
     image processor's files, in a folder tiny-<family> (llama.cpp's converter reads
@@ -191,8 +203,21 @@ def tiny_vlm(family: str) -> Path:
         _to_hub_layout(out, renames)
         for name, content in files.items():
             (out / name).write_text(json.dumps(content, indent=1))
+        if family in SAME_PREPROCESSING:
+            pre = files["preprocessor_config.json"]
+            np.save(out / "image-embeddings.npy", _image_embeddings(model, pre))
 
     return cached(f"tiny-vlm-{family}-{RECIPE}", build) / f"tiny-{family}"
+
+
+def _image_embeddings(model: Any, pre: dict[str, Any]) -> np.ndarray:
+    """transformers' vision tower and projector on sample_image(), (tokens, text width)."""
+    import torch
+
+    pixels = (sample_image() / 255.0 - np.array(pre["image_mean"])) / np.array(pre["image_std"])
+    batch = torch.tensor(pixels.transpose(2, 0, 1)[None], dtype=torch.float32)
+    with torch.no_grad():
+        return model.get_image_features(pixel_values=batch).pooler_output[0].float().numpy()
 
 
 def _to_hub_layout(folder: Path, renames: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from llama_cpp import mtmd_cpp
 from llmrun import store
 from llmrun.engine import logs
 from llmrun.quantize import quantize
-from tests.mmproj_fixtures import FAMILIES, tiny_vlm
+from tests.mmproj_fixtures import FAMILIES, sample_image, tiny_vlm
 from tests.quantize_checks import PROVENANCE, gguf_differences, llama_cpp_conversion
 from tests.quantize_fixtures import tiny_checkpoint
 from tests.test_quantize_dense import KNOWN_DIFFERENCES
@@ -84,13 +84,14 @@ def test_q8_0_projector_is_llama_cpps(family: str, llama_cpp_src: Path, tmp_path
 
 
 def test_projector_encodes_an_image_in_mtmd(converted: Converted) -> None:
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    embd = mtmd_image_embeddings(converted.mmproj, converted.text, image)
+    embd = mtmd_image_embeddings(converted.mmproj, converted.text, sample_image())
     assert embd.shape[0] > 0 and embd.shape[1] == N_EMBD
     assert np.isfinite(embd).all() and embd.std() > 0
-    if converted.family == "gemma3":  # one 32x32 image, 4x4 patches pooled to 2x2
-        assert embd.shape[0] == 4
+    reference = converted.ckpt / "image-embeddings.npy"
+    if reference.is_file():  # the same pixels in: transformers' embeddings out (F16 weights)
+        want = np.load(reference)
+        assert embd.shape == want.shape
+        assert np.max(np.abs(embd - want)) / np.max(np.abs(want)) < 1e-2
 
 
 def mtmd_image_embeddings(mmproj: Path, text: Path, image: np.ndarray) -> np.ndarray:
