@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.quantize_fixtures import SMALL, cached, smollm2_tokenizer, sp_tokenizer
+from tests.quantize_fixtures import SMALL, cache_root, cached, smollm2_tokenizer, sp_tokenizer
 
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
 IMAGE = {"image_size": 32, "patch_size": 8}
@@ -207,7 +207,11 @@ def tiny_vlm(family: str) -> Path:
             pre = files["preprocessor_config.json"]
             np.save(out / "image-embeddings.npy", _image_embeddings(model, pre))
 
-    return cached(f"tiny-vlm-{family}-{RECIPE}", build) / f"tiny-{family}"
+    name = f"tiny-vlm-{family}-{RECIPE}"
+    for old in cache_root().glob(f"tiny-vlm-{family}-*"):  # what earlier recipes built
+        if old.name != name and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return cached(name, build) / f"tiny-{family}"
 
 
 def _image_embeddings(model: Any, pre: dict[str, Any]) -> np.ndarray:
