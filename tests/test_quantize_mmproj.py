@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -183,3 +184,15 @@ def test_cli_refuses_mmproj_for_a_text_model(llmrun, tmp_path: Path) -> None:
     assert "writes no projector (mmproj) for Qwen2ForCausalLM" in r.stderr
     assert "Gemma3ForConditionalGeneration" in r.stderr  # what --mmproj takes
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_needs_the_image_processor_before_writing_anything(llmrun, tmp_path: Path) -> None:
+    ckpt = tmp_path / "no-preprocessor"
+    shutil.copytree(tiny_vlm("smolvlm"), ckpt)
+    (ckpt / "preprocessor_config.json").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    r = llmrun("quantize", str(ckpt), "-o", str(out / "x.gguf"), "--mmproj")
+    assert r.code == 2 and "Traceback" not in r.stderr
+    assert "preprocessor_config.json gives no image_mean" in r.stderr
+    assert list(out.iterdir()) == []

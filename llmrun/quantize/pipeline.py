@@ -280,6 +280,8 @@ def _prepare(
     if projector:
         job.projector = projector_for(ckpt)
         job.projector_plans = job.projector.plans()
+        # its keys too (a missing preprocessor_config.json...), before the model is written
+        job.projector_metadata(GGUFWriter(path=None, arch=job.projector.arch_name))
     progress.end()
     for warning in vocab.warnings:
         progress.note(f"warning: {warning}")
