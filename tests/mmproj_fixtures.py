@@ -1,7 +1,7 @@
 """Tiny image-and-text checkpoints for `quantize --mmproj`, made with transformers and cached
 as tests/quantize_fixtures.py caches its own (the key also holds a digest of this file).
 
-One per family: SmolVLM (Idefics3), Gemma 3 and Qwen2.5-VL, each a two-layer text model
+One per family: SmolVLM (Idefics3), Gemma 3, Qwen2-VL and Qwen2.5-VL, each a two-layer text model
 of quantize_fixtures.SMALL's size and a vision tower of a few layers, 32x32 images in
 8x8 patches, with the image processor's files the Hub's repos hold. Tensors are saved
 in the Hub's layout (transformers 5 saves its own: `model.language_model.`...), which is
@@ -27,6 +27,17 @@ IMAGE = {"image_size": 32, "patch_size": 8}
 HALF = [0.5, 0.5, 0.5]  # SigLIP's normalization
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # Qwen2-VL's (OpenAI CLIP's)
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+QWEN_PREPROCESSOR = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "image_mean": CLIP_MEAN,
+    "image_std": CLIP_STD,
+    "patch_size": 8,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+    "min_pixels": 32 * 32,
+    "max_pixels": 256 * 256,
+}
 
 
 def _smolvlm_tokenizer() -> Path:
@@ -114,6 +125,31 @@ FAMILIES: dict[str, Family] = {
             r"^lm_head\.": "language_model.lm_head.",
         },
     ),
+    "qwen2vl": (  # its text part is Qwen2.5-VL's: only the projector is compared
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2VLConfig",
+        {
+            "text_config": {
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 1000000.0,
+                    "mrope_section": [8, 12, 12],
+                },
+                "tie_word_embeddings": True,
+            },
+            "vision_config": {
+                "patch_size": 8,
+                "embed_dim": 64,
+                "hidden_size": SMALL["hidden_size"],  # Qwen2-VL's name for the output width
+                "mlp_ratio": 2,
+                "depth": 3,
+                "num_heads": 2,
+            },
+        },
+        smollm2_tokenizer,
+        {"preprocessor_config.json": QWEN_PREPROCESSOR},
+        {r"^model\.language_model\.": "model.", r"^model\.visual\.": "visual."},
+    ),
     "qwen25vl": (
         "Qwen2_5_VLForConditionalGeneration",
         "Qwen2_5_VLConfig",
@@ -139,18 +175,7 @@ FAMILIES: dict[str, Family] = {
             },
         },
         smollm2_tokenizer,
-        {
-            "preprocessor_config.json": {
-                "image_processor_type": "Qwen2VLImageProcessor",
-                "image_mean": CLIP_MEAN,
-                "image_std": CLIP_STD,
-                "patch_size": 8,
-                "merge_size": 2,
-                "temporal_patch_size": 2,
-                "min_pixels": 32 * 32,
-                "max_pixels": 256 * 256,
-            }
-        },
+        {"preprocessor_config.json": QWEN_PREPROCESSOR},
         {r"^model\.language_model\.": "model.", r"^model\.visual\.": "visual."},
     ),
 }

@@ -235,8 +235,9 @@ def quantize_cmd(
     BF16 or Q8_0; beside the adapter by default), or is merged into the weights with
     --merge-lora.
 
-    With --mmproj, an image-and-text checkpoint (SmolVLM, Gemma 3, Qwen2.5-VL) also gives
-    its projector file, F16 unless --mmproj-type, beside the model; both paths go to stdout.
+    With --mmproj, an image-and-text checkpoint (SmolVLM, Gemma 3, Qwen2-VL, Qwen2.5-VL) also
+    gives its projector file, F16 unless --mmproj-type, beside the model; both paths go to
+    stdout.
 
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf

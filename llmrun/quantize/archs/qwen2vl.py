@@ -1,4 +1,4 @@
-"""Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration).
+"""Qwen2-VL (Qwen2VLForConditionalGeneration), and what Qwen2.5-VL (qwen25vl.py) builds on.
 
 The text part is Qwen2 (qwen2.py) as llama.cpp's qwen2vl architecture: multimodal
 RoPE, whose sections of each head (time, height, width) config.json's mrope_section
@@ -6,15 +6,13 @@ gives; the Hub's checkpoints keep the text model at the top (`model.layers`),
 transformers 5 under `model.language_model.`.
 
 The projector (`quantize --mmproj`) is the ViT under `visual.`: llama.cpp's
-"qwen2.5vl_merger". As llama.cpp's converter: each fused QKV is split into Q, K and V;
+"qwen2vl_merger". As llama.cpp's converter: each fused QKV is split into Q, K and V;
 the 3-D patch convolution (two frames) into two 2-D ones, `v.patch_embd.weight` and
-`.weight.1`; SiLU; window attention on all layers but every n-th (config.json's
-fullatt_block_indexes, evenly spaced).
+`.weight.1`; Qwen2-VL's vision_config calls the tower's width embed_dim.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -47,27 +45,21 @@ class Qwen2VLConverter(TextOfMultimodal, Qwen2Converter):
             super().rope_scaling(w, rope)
 
 
-class Qwen25VLProjector(ProjectorConverter):
-    projector_type = gguf.VisionProjectorType.QWEN25VL
+class Qwen2VLProjector(ProjectorConverter):
+    projector_type = gguf.VisionProjectorType.QWEN2VL
     prefixes: ClassVar[dict[str, str]] = {"visual.": "visual.", "model.visual.": "visual."}
 
     def hyperparameters(self, config: dict[str, Any]) -> dict[str, Any]:
         vision = super().hyperparameters(config)
+        if "embed_dim" in vision:  # Qwen2-VL's hidden_size is the text model's width, which
+            # llama.cpp's converter writes as the feed-forward length (clip.cpp reads neither)
+            width = {"hidden_size": vision["embed_dim"], "intermediate_size": vision["hidden_size"]}
+            vision = {**vision, **width}
         return {"image_size": 560, **vision}  # llama.cpp's default; the ViT takes any size
 
     def metadata(self, w: GGUFWriter) -> None:
         super().metadata(w)
-        w.add_vision_use_silu(True)
-        w.add_vision_n_wa_pattern(self.window_pattern())
         w.add_vision_attention_layernorm_eps(float(self.ckpt.config.get("rms_norm_eps", 1e-6)))
-
-    def window_pattern(self) -> int:
-        """Every n-th layer attends to the whole image, the others within windows."""
-        full = self.hp("fullatt_block_indexes")
-        n = full[0] + 1
-        if any(b - a != n for a, b in itertools.pairwise(full)):
-            raise BadInput(f"config.json: fullatt_block_indexes {full} are not evenly spaced")
-        return int(n)
 
     def inputs(self) -> Iterator[tuple[str, TensorPlan]]:
         for hf_name, plan in super().inputs():
@@ -103,4 +95,4 @@ def _frame(i: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 CONVERTER = Qwen2VLConverter
-PROJECTOR = Qwen25VLProjector
+PROJECTOR = Qwen2VLProjector
