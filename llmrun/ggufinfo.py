@@ -189,7 +189,7 @@ class _Header:
         return TensorInfo(name, shape, kind.name, n, n * type_size // block)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _struct(fmt: str) -> struct.Struct:
     # One compiled format per code: a header has thousands of scalars.
     return struct.Struct(fmt)

@@ -13,7 +13,7 @@ from llmrun.cli.common import app, err, quiet_stderr
 from llmrun.cli.flags import QuietOpt
 from llmrun.cli.output import human_size
 from llmrun.errors import BadInput, BadOption
-from llmrun.quantize import DEFAULT_ADAPTER_TYPE, DEFAULT_TYPE
+from llmrun.quantize import DEFAULT_ADAPTER_TYPE, DEFAULT_MMPROJ_TYPE, DEFAULT_TYPE
 from llmrun.quantize import progress as qprogress
 
 if TYPE_CHECKING:  # rich's bars are imported when drawn: every other command loads this module
@@ -80,6 +80,22 @@ ListArchsOpt = Annotated[
     typer.Option(
         "--list-archs",
         help="Print the checkpoint architectures (config.json's) that can be converted, and exit.",
+    ),
+]
+MmprojOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mmproj",
+        help="Also write the vision tower and projector of an image-and-text checkpoint, "
+        "as mmproj-<name>-<TYPE>.gguf beside the model (for llama.cpp's --mmproj).",
+    ),
+]
+MmprojTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--mmproj-type",
+        metavar="TYPE",
+        help="The projector's type with --mmproj: F16, Q8_0, BF16 or F32.",
     ),
 ]
 NoCheckOpt = Annotated[
@@ -205,6 +221,8 @@ def quantize_cmd(
     eval: EvalOpt = False,
     lora_base: LoraBaseOpt = None,
     merge_lora: MergeLoraOpt = None,
+    mmproj: MmprojOpt = False,
+    mmproj_type: MmprojTypeOpt = DEFAULT_MMPROJ_TYPE,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
@@ -217,11 +235,16 @@ def quantize_cmd(
     BF16 or Q8_0; beside the adapter by default), or is merged into the weights with
     --merge-lora.
 
+    With --mmproj, an image-and-text checkpoint (SmolVLM, Gemma 3, Qwen2-VL, Qwen2.5-VL) also
+    gives its projector file, F16 unless --mmproj-type, beside the model; both paths go to
+    stdout.
+
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
     llmrun quantize --list-archs
     llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
     llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M
+    llmrun quantize ./SmolVLM-256M-Instruct --mmproj -o smolvlm.gguf
     """
     quiet_stderr(quiet)
     if list_types:
@@ -238,8 +261,10 @@ def quantize_cmd(
         raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")
     progress = QuantizeBars() if err.is_terminal else QuantizeNotes()
     if lora_base is not None:
-        if merge_lora is not None or keep_f16 or eval:
-            raise BadOption("--lora-base does not go with --merge-lora, --keep-f16 or --eval")
+        if merge_lora is not None or keep_f16 or eval or mmproj:
+            raise BadOption(
+                "--lora-base does not go with --merge-lora, --keep-f16, --eval or --mmproj"
+            )
         return _convert_adapter(model, lora_base, type, output, force, progress)
     from llmrun.quantize import quantize
 
@@ -254,6 +279,8 @@ def quantize_cmd(
             check=not no_check,
             progress=progress,
             evaluate=_evaluate if eval else None,
+            mmproj=mmproj,
+            mmproj_type=mmproj_type,
         )
     finally:
         progress.end()  # a live bar must not outlive an error
@@ -267,7 +294,12 @@ def quantize_cmd(
     if result.evaluation is not None:
         size = human_size(result.path.stat().st_size)
         err.print(f"{result.quant} {size}: {result.evaluation.summary()}", markup=False)
+    if err.is_terminal and result.mmproj is not None and not result.mmproj_kept:
+        size = human_size(result.mmproj.stat().st_size)
+        err.print(f"wrote projector {result.mmproj.name} ({size})", markup=False)
     sys.stdout.write(f"{result.path}\n")
+    if result.mmproj is not None:
+        sys.stdout.write(f"{result.mmproj}\n")
 
 
 def _convert_adapter(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 # The default --type, here so that `llmrun quantize --help` needs no gguf (llmrun.quantize.types).
 DEFAULT_TYPE = "Q4_K_M"
 DEFAULT_ADAPTER_TYPE = "F16"  # LoRA adapters (lora.py): small, so half precision
+DEFAULT_MMPROJ_TYPE = "F16"  # projectors (--mmproj), as llama.cpp's converter writes them
 
 if TYPE_CHECKING:
     from llmrun.quantize.pipeline import Result, quantize
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_ADAPTER_TYPE",
+    "DEFAULT_MMPROJ_TYPE",
     "DEFAULT_TYPE",
     "TYPES",
     "QuantType",

@@ -5,6 +5,9 @@ architecture module; export the tokenizer; write F32/F16/BF16/Q8_0 directly,
 or an F16/BF16 file that llama.cpp quantizes further; self-check; rename into
 place; record a manifest when the output is in the store. Every file is written
 under a temporary name, so an interrupted or failed run leaves nothing behind.
+
+With `mmproj`, the checkpoint's vision tower and projector also become an mmproj file
+beside the model (`projector_path`), in F16 or another direct type whatever the model's.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 from gguf import GGUFWriter
 
 from llmrun import store
-from llmrun.errors import BadInput, BadModelFile, StoreError
-from llmrun.quantize.archs import converter_for
+from llmrun.errors import BadInput, BadModelFile, BadOption, StoreError
+from llmrun.quantize import DEFAULT_MMPROJ_TYPE
+from llmrun.quantize.archs import converter_for, projector_for
 from llmrun.quantize.archs.base import Converter, TensorPlan
+from llmrun.quantize.archs.projector import ProjectorConverter
 from llmrun.quantize.checkpoint import open_checkpoint
 from llmrun.quantize.progress import QuantizeProgress
-from llmrun.quantize.selfcheck import self_check
+from llmrun.quantize.selfcheck import projector_check, self_check
 from llmrun.quantize.source import Source, find_source
 from llmrun.quantize.types import DEFAULT_TYPE, TYPES, QuantType, get_type
 from llmrun.quantize.vocab import Reference, Vocab
@@ -52,6 +57,8 @@ class Result:
     intermediate: Path | None = None  # the F16/BF16 file, with keep_f16
     seconds: float = 0.0
     evaluation: Any = None  # what the `evaluate` hook returned
+    mmproj: Path | None = None  # the projector file, with mmproj
+    mmproj_kept: bool = False  # it existed and was left alone
 
 
 def quantize(
@@ -65,11 +72,17 @@ def quantize(
     progress: QuantizeProgress | None = None,
     evaluate: Evaluate | None = None,
     merge_lora: Path | None = None,
+    mmproj: bool = False,
+    mmproj_type: str = DEFAULT_MMPROJ_TYPE,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
 
     `merge_lora`: a PEFT LoRA adapter folder, baked into the weights (W + alpha/r * B @ A)
     while converting; the output is named <model>-<adapter> so it never replaces the base.
+
+    `mmproj`: also write the vision tower and projector of an image-and-text checkpoint,
+    in `mmproj_type` (F16, or F32, BF16, Q8_0), as mmproj-<model>-<TYPE>.gguf beside the
+    model file (`projector_path`); an existing one is kept unless `force`.
 
     `evaluate(output, reference)` runs once the output is in place, while the
     higher-precision file it was made from still exists (the input GGUF, or the
@@ -77,6 +90,7 @@ def quantize(
     """
     progress = progress or QuantizeProgress()
     qtype = get_type(type)
+    proj_type = projector_type(mmproj_type) if mmproj else None
     source = find_source(model)
     adapter = None
     if merge_lora is not None:
@@ -89,20 +103,60 @@ def quantize(
     if source.kind == "gguf" and source.path.resolve() == out.resolve():
         raise BadInput(f"{out} is both the input and the output", "give another -o")
     started = time.monotonic()
-    job = _prepare(source, progress, adapter)  # every check of the input, before any write
+    # every check of the input, before any write
+    job = _prepare(source, progress, adapter, projector=mmproj)
     in_store = output is None or store.inside_store(out)
     # The store's writers take its lock; elsewhere the rename alone keeps readers safe,
     # and no lock file is left beside the user's file.
     with store.file_lock(out) if in_store else contextlib.nullcontext():
         if out.exists() and not force:
             progress.note(f"{out} exists: kept (--force to make it again)")
-            return Result(out, source.name, qtype.name, kept=True)
-        with _disk_errors(out):
-            result = job.make(qtype, out, keep_f16, check, progress, evaluate)
-            if in_store:
-                _manifest(out, source, qtype, result.intermediate)
+            result = Result(out, source.name, qtype.name, kept=True)
+        else:
+            with _disk_errors(out):
+                result = job.make(qtype, out, keep_f16, check, progress, evaluate)
+        if proj_type is not None:
+            _add_projector(job, result, proj_type, force, check, progress)
+        if in_store and not result.kept:
+            with _disk_errors(out):
+                _manifest(out, source, qtype, result.intermediate, result.mmproj)
+        elif in_store and result.mmproj is not None and not result.mmproj_kept:
+            _note_projector(out, result.mmproj)
     result.seconds = time.monotonic() - started
     return result
+
+
+def projector_type(name: str) -> QuantType:
+    """The --mmproj-type: one our converter writes (llama.cpp's quantizer takes no mmproj)."""
+    qtype = get_type(name)
+    if not qtype.direct:
+        direct = ", ".join(t.name for t in TYPES.values() if t.direct)
+        raise BadOption(f"--mmproj-type {qtype.name}: a projector is written as {direct}")
+    return qtype
+
+
+def projector_path(model: Path, qtype: QuantType) -> Path:
+    """mmproj-<model>-<TYPE>.gguf beside the model file, <model> its name less the quant:
+    models/x/x-Q4_K_M.gguf -> models/x/mmproj-x-F16.gguf, as GGUF repos name them."""
+    return model.with_name(f"mmproj-{_without_quant(model.stem)}-{qtype.name}.gguf")
+
+
+def _add_projector(
+    job: _Job,
+    result: Result,
+    qtype: QuantType,
+    force: bool,
+    check: bool,
+    progress: QuantizeProgress,
+) -> None:
+    path = projector_path(result.path, qtype)
+    result.mmproj = path
+    if path.exists() and not force:
+        progress.note(f"{path} exists: kept (--force to make it again)")
+        result.mmproj_kept = True
+        return
+    with _disk_errors(path):
+        job.make_projector(qtype, path, result.path, check, progress)
 
 
 @dataclass
@@ -113,6 +167,8 @@ class _Job:
     conv: Converter | None = None  # None: a GGUF to requantize
     vocab: Vocab | None = None
     plans: list[TensorPlan] | None = None
+    projector: ProjectorConverter | None = None
+    projector_plans: list[TensorPlan] | None = None
 
     def metadata(self, w: GGUFWriter) -> None:
         assert self.conv is not None and self.vocab is not None
@@ -123,6 +179,25 @@ class _Job:
     def write(self, path: Path, qtype: QuantType, progress: QuantizeProgress) -> None:
         assert self.conv is not None and self.plans is not None
         write_gguf(path, self.conv.arch_name, self.metadata, self.plans, qtype, progress)
+
+    def projector_metadata(self, w: GGUFWriter) -> None:
+        assert self.projector is not None
+        w.add_name(self.source.repo.split("/")[-1] if self.source.repo else self.source.name)
+        self.projector.metadata(w)
+
+    def make_projector(
+        self, qtype: QuantType, out: Path, model: Path, check: bool, progress: QuantizeProgress
+    ) -> None:
+        """The mmproj file at `out`, checked to load in llama.cpp's mtmd with `model`."""
+        assert self.projector is not None and self.projector_plans is not None
+        arch = self.projector.arch_name
+        with store.atomic_write(out) as tmp:
+            progress.stage(f"converting the projector to {qtype.name}")
+            write_gguf(tmp, arch, self.projector_metadata, self.projector_plans, qtype, progress)
+            if check:
+                progress.stage("checking the projector with llama.cpp")
+                projector_check(tmp, model, shown=out)
+                progress.end()
 
     def make(
         self,
@@ -179,8 +254,16 @@ class _Job:
         return result
 
 
-def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | None) -> _Job:
+def _prepare(
+    source: Source, progress: QuantizeProgress, adapter: LoraAdapter | None, projector: bool
+) -> _Job:
     if source.kind == "gguf":
+        if projector:
+            raise BadInput(
+                f"{source.path} is a GGUF file: --mmproj needs the checkpoint, "
+                "whose vision tower it converts",
+                "give the checkpoint folder (config.json, *.safetensors, preprocessor_config.json)",
+            )
         _check_requantizable(source.path)
         return _Job(source)
     progress.stage(f"reading {source.path}")
@@ -193,10 +276,16 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
         from llmrun.quantize.lora import merged_plans
 
         plans = merged_plans(plans, adapter, conv)
+    job = _Job(source, conv, vocab, plans)
+    if projector:
+        job.projector = projector_for(ckpt)
+        job.projector_plans = job.projector.plans()
+        # its keys too (a missing preprocessor_config.json...), before the model is written
+        job.projector_metadata(GGUFWriter(path=None, arch=job.projector.arch_name))
     progress.end()
     for warning in vocab.warnings:
         progress.note(f"warning: {warning}")
-    return _Job(source, conv, vocab, plans)
+    return job
 
 
 def _check(
@@ -225,11 +314,16 @@ def _check_requantizable(path: Path) -> None:
 
 
 def _intermediate_path(out: Path, qtype: QuantType) -> Path:
-    stem = out.stem
-    for t in TYPES:  # models/x/x-Q4_K_M.gguf -> models/x/x-F16.gguf
+    # models/x/x-Q4_K_M.gguf -> models/x/x-F16.gguf
+    return out.with_name(f"{_without_quant(out.stem)}-{qtype.name}.gguf")
+
+
+def _without_quant(stem: str) -> str:
+    """A file name's stem less a trailing -<TYPE>: x-Q4_K_M -> x."""
+    for t in TYPES:
         if stem.upper().endswith("-" + t):
-            return out.with_name(f"{stem[: -len(t)]}{qtype.name}.gguf")
-    return out.with_name(f"{stem}-{qtype.name}.gguf")
+            return stem[: -len(t) - 1]
+    return stem
 
 
 def _scratch(out: Path, qtype: QuantType) -> Path:
@@ -237,10 +331,18 @@ def _scratch(out: Path, qtype: QuantType) -> Path:
     return out.with_name(f".{out.stem}.{qtype.name}-intermediate.gguf")
 
 
-def _manifest(path: Path, source: Source, qtype: QuantType, intermediate: Path | None) -> None:
+def _manifest(
+    path: Path,
+    source: Source,
+    qtype: QuantType,
+    intermediate: Path | None,
+    mmproj: Path | None = None,
+) -> None:
     extra = {"source": str(source.path), "converted_by": "llmrun quantize"}
     if intermediate is not None:
         extra["intermediate"] = intermediate.name
+    if mmproj is not None:  # the projector beside it, for run, chat and serve to load
+        extra["mmproj"] = mmproj.name
     store.write_manifest(
         path,
         name=source.name,
@@ -249,6 +351,13 @@ def _manifest(path: Path, source: Source, qtype: QuantType, intermediate: Path |
         revision=source.revision,
         **extra,
     )
+
+
+def _note_projector(model: Path, mmproj: Path) -> None:
+    """Name a new projector in the manifest of a model that was kept as it was."""
+    old = store.read_manifest(model)
+    if old.get("name") and old.get("quant") and old.get("mmproj") != mmproj.name:
+        store.write_manifest(model, **{**old, "mmproj": mmproj.name})
 
 
 @contextlib.contextmanager

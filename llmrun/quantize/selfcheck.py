@@ -9,6 +9,10 @@ its SentencePiece tokenizer on a character of a vocabulary without byte tokens),
 which would take `llmrun quantize` down with it. So the file is loaded and the
 probes tokenized in a child process (`python -m llmrun.quantize.selfcheck FILE`),
 which prints the ids as JSON; a child that dies becomes one SelfCheckFailed.
+
+A projector (mmproj file) is loaded the same way, by llama.cpp's mtmd with the text
+model it belongs to (`--mmproj FILE MODEL`), which checks its keys, its tensors and
+that its output width is the text model's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from llmrun.errors import LlmrunError
 from llmrun.options import Load
@@ -60,10 +65,20 @@ def self_check(path: Path, reference: Reference | None, shown: Path | None = Non
             )
 
 
+def projector_check(path: Path, model: Path, shown: Path | None = None) -> None:
+    """Load the projector `path` in llama.cpp's mtmd with the text model `model`."""
+    _child(["--mmproj", str(path), str(model)], shown or path, "loaded")
+
+
 def _child_ids(path: Path, shown: Path) -> list[list[int]]:
     """The ids of PROBES as llama.cpp, in a child process, gives them for `path`."""
+    return _child([str(path)], shown, "ids")
+
+
+def _child(args: list[str], shown: Path, key: str) -> Any:
+    """The `key` of what a child `python -m llmrun.quantize.selfcheck ARGS` answers."""
     proc = subprocess.run(
-        [sys.executable, "-m", "llmrun.quantize.selfcheck", str(path)],
+        [sys.executable, "-m", "llmrun.quantize.selfcheck", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -77,9 +92,13 @@ def _child_ids(path: Path, shown: Path) -> list[list[int]]:
             answer = json.loads(proc.stdout)
         except ValueError:
             answer = {"error": f"unreadable answer {proc.stdout[-200:]!r}"}
-        if "ids" in answer:
-            return answer["ids"]
-        raise SelfCheckFailed(f"self-check: llama.cpp cannot load {shown}: {answer['error']}")
+        if key in answer:
+            return answer[key]
+        said = f": {_last_words(proc.stderr)}" if answer.get("logged") else ""
+        raise SelfCheckFailed(
+            f"self-check: llama.cpp cannot load {shown}: {answer['error']}{said}",
+            "the file was not kept; please report it",
+        )
     raise SelfCheckFailed(
         f"self-check: llama.cpp {_death(proc.returncode)} {_step(proc.stderr)}{shown}: "
         f"{_last_words(proc.stderr)}",
@@ -126,7 +145,7 @@ def _short(ids: list[int]) -> str:
     return str(ids) if len(ids) <= 12 else f"{ids[:12]}... ({len(ids)} ids)"
 
 
-def _child(path: Path) -> dict[str, object]:
+def _tokenize_probes(path: Path) -> dict[str, object]:
     """In the child: load `path`, tokenize PROBES; what went wrong as {"error": ...}."""
     from llmrun.engine import load_model, logs
 
@@ -147,10 +166,44 @@ def _child(path: Path) -> dict[str, object]:
         model.close()
 
 
+def _load_projector(mmproj: Path, model: Path) -> dict[str, object]:
+    """In the child: mtmd loads `mmproj` for `model` (its vocabulary and sizes suffice),
+    without the warm-up encode (a minute for a large tower on a CPU)."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp
+
+    from llmrun.engine import logs
+
+    logs.install(verbose=False)
+    _announce("loading the text model of")
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    text = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
+    if not text:
+        return {"error": logs.last_error(f"cannot load the text model {model}")}
+    try:
+        _announce("loading")
+        ctx_params = mtmd_cpp.mtmd_context_params_default()
+        ctx_params.use_gpu = False
+        ctx_params.warmup = False
+        ctx_params.n_threads = 1
+        ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), text, ctx_params)
+        if not ctx:
+            return {"error": "mtmd refused it", "logged": True}  # its reason on stderr
+        vision = mtmd_cpp.mtmd_support_vision(ctx)
+        mtmd_cpp.mtmd_free(ctx)
+        return {"loaded": True} if vision else {"error": "it has no vision encoder"}
+    finally:
+        llama_cpp.llama_model_free(text)
+
+
 def _announce(step: str) -> None:
     sys.stderr.write(f"{_STEP}{step}\n")
     sys.stderr.flush()
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(Path(sys.argv[1]))))
+    if sys.argv[1] == "--mmproj":
+        print(json.dumps(_load_projector(Path(sys.argv[2]), Path(sys.argv[3]))))
+    else:
+        print(json.dumps(_tokenize_probes(Path(sys.argv[1]))))

@@ -33,12 +33,18 @@ ROUTERS_AND_POSITIONS = (
     gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP,
     gguf.MODEL_TENSOR.POS_EMBD,
     gguf.MODEL_TENSOR.TOKEN_TYPES,  # BERT's: llama.cpp adds a row of it to F32 activations
+    gguf.MODEL_TENSOR.V_ENC_EMBD_POS,  # a vision tower's (projector.py)
 )
+Rule = tuple[str, Callable[[TensorPlan], bool]]
 # Tensors that stay F32 whatever type was asked for, and why: llama.cpp's kernels
 # for these take F32, and they are a tiny part of the model.
-KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
+KEEP_F32: tuple[Rule, ...] = (
     ("1-D: norms, biases, rope factors", lambda p: len(p.shape) <= 1),
     ("norm weights", lambda p: p.name.endswith("_norm.weight")),
+)
+# ... and those that stay F32 unless their family fixes their type (TensorPlan.fixed_type),
+# as llama.cpp's converter orders its rules.
+DEFAULT_F32: tuple[Rule, ...] = (
     # (a LoRA adapter's halves of a weight, *.lora_a and *.lora_b, are weights too)
     ("anything but a weight", lambda p: not p.name.endswith((".weight", ".lora_a", ".lora_b"))),
     (
@@ -89,6 +95,10 @@ _NUMPY_ITEMS: dict[type, tuple[GGUFValueType, str]] = {
 
 def tensor_type(plan: TensorPlan, want: QT) -> QT:
     if any(rule(plan) for _, rule in KEEP_F32):
+        return QT.F32
+    if plan.fixed_type is not None:
+        want = plan.fixed_type(want)
+    elif any(rule(plan) for _, rule in DEFAULT_F32):
         return QT.F32
     block = GGML_QUANT_SIZES[want][0]
     return want if plan.shape[-1] % block == 0 else FALLBACK_TYPE

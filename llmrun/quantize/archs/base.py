@@ -6,7 +6,9 @@ only what its family does differently: `metadata` (extra GGUF keys), `inputs`
 gguf-py's TensorNameMap does not know), `adjust` (permutations, +1 on norms...)
 `extra` (tensors the checkpoint lacks, such as rope_freqs), `vocab` (the kind of
 tokenizer export: encoders' WordPiece and Unigram, bert.py) and `adjust_vocab`
-(special tokens the tokenizer files do not name, as GLM-4's).
+(special tokens the tokenizer files do not name, as GLM-4's). `hyperparameters`
+picks the part of config.json that `hp` reads (the text model's; a projector's is
+its vision tower's: projector.py).
 A plan is lazy: the writer reads the source tensors when it writes the plan.
 """
 
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 
 import gguf
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
@@ -48,6 +51,8 @@ class TensorPlan:
     chunk at a time. `data` is for tensors computed here rather than read.
     `parts` (instead of `source`) are stacked on a new first axis, as experts
     are: the writer reads them one after the other, so `layout` applies to each.
+    `fixed_type` is a family's rule for this tensor's GGUF type, given the type asked
+    for (llama.cpp's tensor_force_quant); None leaves it to the writer's tables.
     """
 
     name: str
@@ -58,6 +63,7 @@ class TensorPlan:
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None
     parts: tuple[SourceTensor, ...] = ()
+    fixed_type: Callable[[QT], QT] | None = None
 
     @property
     def inputs(self) -> tuple[SourceTensor, ...]:
@@ -70,18 +76,35 @@ class TensorPlan:
     def with_layout(self, fn: Callable[[np.ndarray], np.ndarray]) -> TensorPlan:
         return replace(self, layout=fn)
 
+    def with_type(self, rule: Callable[[QT], QT]) -> TensorPlan:
+        return replace(self, fixed_type=rule)
+
+
+def always(qtype: QT) -> Callable[[QT], QT]:
+    """A `fixed_type` rule: `qtype` whatever was asked for."""
+    return lambda asked: qtype
+
 
 class Converter:
     """A Llama-like decoder: the defaults suit most families."""
 
     arch: ClassVar[gguf.MODEL_ARCH]
+    # config.json keys of the layer count, first found wins
+    layer_keys: ClassVar[tuple[str, ...]] = ("num_hidden_layers", "n_layers", "n_layer")
+    # GGUF tensor a file cannot do without -> what to tell the user when it is missing
+    required: ClassVar[dict[str, str]] = {
+        "token_embd.weight": "the checkpoint has no token embedding (embed_tokens.weight)"
+    }
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        config = dict(ckpt.config)
-        self.config: dict[str, Any] = {**config, **(config.get("text_config") or {})}
-        self.n_layers = int(self.hp("num_hidden_layers", "n_layers", "n_layer"))
+        self.config: dict[str, Any] = self.hyperparameters(dict(ckpt.config))
+        self.n_layers = int(self.hp(*self.layer_keys))
         self.names = gguf.get_tensor_name_map(self.arch, self.n_layers)
+
+    def hyperparameters(self, config: dict[str, Any]) -> dict[str, Any]:
+        """What `hp` reads: the text model's settings (text_config over the top level)."""
+        return {**config, **(config.get("text_config") or {})}
 
     # ------------------------------------------------------------ hyperparameters
 
@@ -214,8 +237,9 @@ class Converter:
             if p.name in seen:
                 raise BadInput(f"two tensors of the checkpoint both become {p.name}")
             seen.add(p.name)
-        if "token_embd.weight" not in seen:
-            raise BadInput("the checkpoint has no token embedding (embed_tokens.weight)")
+        for name, problem in self.required.items():
+            if name not in seen:
+                raise BadInput(problem)
 
 
 def computed(name: str, data: np.ndarray, kind: gguf.MODEL_TENSOR | None = None) -> TensorPlan:

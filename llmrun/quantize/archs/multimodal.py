@@ -1,9 +1,11 @@
 """The text part of an image-and-text checkpoint: its language model's tensors only.
 
 Checkpoints store the language model under `language_model.` (transformers' saved
-layout, `language_model.model.layers...`) or `model.language_model.` (transformers 5's
-own), beside a vision tower and projector that llama.cpp reads from a separate mmproj
-file; those are left out here. The base converter already reads text_config.
+layout, `language_model.model.layers...`), `model.language_model.` (transformers 5's
+own), `model.text_model.` (Idefics3, SmolVLM) or at the top (Qwen2.5-VL's `model.layers`),
+beside a vision tower and projector that llama.cpp reads from a separate mmproj
+file (projector.py, `quantize --mmproj`); those are left out here. The base converter
+already reads text_config.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from collections.abc import Iterator
 from llmrun.quantize.archs.base import Converter, TensorPlan
 
 # checkpoint prefix -> what the text model's own checkpoint would call it
-TEXT_PREFIXES = {"model.language_model.": "model.", "language_model.": ""}
+TEXT_PREFIXES = {
+    "model.language_model.": "model.",
+    "model.text_model.": "model.",
+    "language_model.": "",
+}
 VISION_PREFIXES = (
     "vision_tower.",
     "multi_modal_projector.",
     "model.vision_tower.",
     "model.multi_modal_projector.",
+    "model.vision_model.",  # Idefics3, SmolVLM
+    "model.connector.",
+    "visual.",  # Qwen2-VL, Qwen2.5-VL
+    "model.visual.",
 )
 
 
