@@ -185,6 +185,11 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
         return _Job(source)
     progress.stage(f"reading {source.path}")
     ckpt = open_checkpoint(source.path)
+    if ckpt.imported:
+        progress.note(
+            f"{source.name} is a {ckpt.imported} checkpoint: its weights are dequantized "
+            "as read, and the output is requantized from the dequantized weights"
+        )
     conv = converter_for(ckpt)
     vocab = load_vocab(ckpt, conv.n_vocab)
     conv.adjust_vocab(vocab)
