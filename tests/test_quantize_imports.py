@@ -172,6 +172,52 @@ def test_dequantized_weights_are_the_packed_values(case: str, tmp_path: Path) ->
     assert ckpt.imported
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize(("strategy", "sym"), [("group", False), ("channel", True)])
+def test_compressed_tensors_own_packing(bits: int, strategy: str, sym: bool, tmp_path: Path):
+    """compressed-tensors' own compressor (0.20: one stream of bits a row) packs; llmrun
+    reads back (q - zero) * scale, q and zero as the library itself unpacks them."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    # the library takes whole groups only; rows of 250 by channel end in a part word
+    shape = (48, 256) if strategy == "group" else (48, 250)
+    group = 64 if strategy == "group" else shape[1]
+    args = QuantizationArgs(
+        num_bits=bits,
+        type="int",
+        symmetric=sym,
+        strategy=strategy,
+        group_size=group if strategy == "group" else None,
+    )
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    n_groups = -(-shape[1] // group)
+    scale = torch.full((shape[0], n_groups), 0.1 / (1 << bits)).to(torch.bfloat16)
+    state = {"weight": w, "weight_scale": scale}
+    if not sym:
+        zero = torch.randint(-(1 << bits - 1), 1 << bits - 1, scale.shape, dtype=torch.int8)
+        state["weight_zero_point"] = zero
+    packed = PackedQuantizationCompressor.compress(state, scheme)
+    q = unpack_from_int32(packed["weight_packed"], bits, torch.Size(shape)).int()
+    if sym:
+        assert "weight_zero_point" not in packed
+        zero_full = torch.zeros_like(q)
+    else:
+        zeros = unpack_from_int32(packed["weight_zero_point"], bits, scale.shape, packed_dim=0)
+        assert torch.equal(zeros, zero)
+        zero_full = zeros.int().repeat_interleave(group, 1)[:, : shape[1]]
+    scale_full = scale.float().repeat_interleave(group, 1)[:, : shape[1]]
+    values = ((q - zero_full).float() * scale_full).numpy()
+    tensors = {k: v for k, v in packed.items() if k != "weight"}
+    qconfig = compressed_config("pack-quantized", args.model_dump(mode="json"))
+    folder = _single_weight(tmp_path / "ct", Packed(tensors, values), qconfig)
+    got = open_checkpoint(folder).tensors[f"{LAYER}.weight"].array()
+    np.testing.assert_array_equal(got, values)
+
+
 def test_e4m3fn_table_is_torchs() -> None:
     import torch
 

@@ -149,16 +149,18 @@ def period(bits: int, stream: bool, word_bits: int = 32) -> tuple[int, int]:
 def unpack(words: np.ndarray, bits: int, axis: int, stream: bool) -> np.ndarray:
     """The `bits`-bit unsigned values packed, lowest bits first, in integer words along `axis`.
 
-    `stream`: the values run on across words (GPTQ's 3-bit, where a value may straddle two
-    words); otherwise each word holds 32 // bits values and its spare top bits are unused
-    (compressed-tensors). Both are the same when bits divides the word size.
+    `stream`: the values run on across words (GPTQ's 3-bit and compressed-tensors 0.20's,
+    where a value may straddle two words); otherwise each word holds 32 // bits
+    values and its spare top bits are unused (older compressed-tensors). Both are the same
+    when bits divides the word size.
     """
     w = np.moveaxis(np.asarray(words), axis, 0)
     word_bits = w.dtype.itemsize * 8
     w = w.view(np.dtype(f"<u{w.dtype.itemsize}"))
     n_words, n_values = period(bits, stream, word_bits)
-    if w.shape[0] % n_words:
-        raise BadInput(f"{w.shape[0]} words of {bits}-bit values do not end on a whole value")
+    if w.shape[0] % n_words:  # a stream cut at its last value: the rest is zeros
+        pad = n_words - w.shape[0] % n_words
+        w = np.concatenate([w, np.zeros((pad, *w.shape[1:]), w.dtype)])
     mask = (1 << bits) - 1
     out = np.empty((w.shape[0] // n_words * n_values, *w.shape[1:]), np.uint8)
     for j in range(n_values):

@@ -1,8 +1,10 @@
 """compressed-tensors checkpoints (quant_method "compressed-tensors", as LLM Compressor
 writes them: W4A16, W8A16, W8A8, FP8...), by format:
 
-- pack-quantized: `weight_packed`, int32, 32 // num_bits values a word along each row,
-  lowest bits first (spare top bits unused), each stored plus 2**(num_bits - 1);
+- pack-quantized: `weight_packed`, int32, the values of each row lowest bits first, each
+  stored plus 2**(num_bits - 1): as one stream of bits (compressed-tensors 0.20, values
+  straddling words at 3, 5, 6 or 7 bits) or 32 // num_bits a word, spare top bits unused
+  (older releases), told apart by the row's length in words, the same at 2, 4 and 8 bits;
   `weight_shape`, the weight's shape (the last word of a row may be padding);
   `weight_scale`; for asymmetric schemes `weight_zero_point`, packed the same way down
   the columns (int8 as it is, in older files); with act-order, `weight_g_idx`.
@@ -108,20 +110,41 @@ def _packed_shape(
     w = parts["packed"]
     check_dtype(w, ("I32",), "pack-quantized")
     shape = scalar_ints(parts["shape"])
-    per_word = 32 // bits
-    if len(shape) != 2 or w.shape != (shape[0], -(-shape[1] // per_word)):
+    stream = _stream(w.shape[-1], shape[-1], bits) if len(shape) >= 2 else None
+    if stream is None or w.shape[:-1] != shape[:-1]:
         raise BadInput(f"tensor {w.name} is {w.shape}: not a {shape} weight of {bits}-bit values")
+    zero = parts.get("zero_point")
+    if zero is not None and zero.dtype == "I32":  # packed down the columns, as the weight
+        want = (_words(shape[-2], bits, stream), parts["scale"].shape[-1])
+        check_shape(zero, (*shape[:-2], *want), f"{bits}-bit zero points of {shape[-2]} rows")
     _check_scales(parts, shape, block)
     return shape
+
+
+def _words(n: int, bits: int, stream: bool) -> int:
+    """How many words hold n values: as one stream, or 32 // bits a word."""
+    return -(-n * bits // 32) if stream else -(-n // (32 // bits))
+
+
+def _stream(words: int, n: int, bits: int) -> bool | None:
+    """Whether `words` words hold n values as one stream (compressed-tensors 0.20) or
+    32 // bits a word (older releases); None: neither. The same at 2, 4 and 8 bits."""
+    for stream in (True, False):
+        if words == _words(n, bits, stream):
+            return stream
+    return None
 
 
 def _packed_decode(bits: int, block: tuple[int, ...], a: Arrays) -> np.ndarray:
     offset = 1 << (bits - 1)
     shape = tuple(int(n) for n in a["shape"].reshape(-1))
-    q = unpack(a["packed"], bits, axis=1, stream=False)[:, : shape[1]].astype(np.int16) - offset
+    words = a["packed"]
+    stream = bool(_stream(words.shape[-1], shape[-1], bits))
+    q = unpack(words, bits, axis=-1, stream=stream)[..., : shape[-1]].astype(np.int16) - offset
     zero = a.get("zero_point")
-    if zero is not None and zero.dtype == np.int32:  # packed down the columns
-        zero = unpack(zero, bits, axis=0, stream=False)[: shape[0]].astype(np.int16) - offset
+    if zero is not None and zero.dtype == np.int32:  # packed down the columns, as the weight
+        zero = unpack(zero, bits, axis=-2, stream=stream)[..., : shape[-2], :]
+        zero = zero.astype(np.int16) - offset
     return _scaled(q, zero, a, block)
 
 
