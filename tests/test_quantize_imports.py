@@ -3,16 +3,19 @@ packers of tests/quant_packers.py, written from each format's published packing 
 
 - Every scheme and bit width: the weights llmrun reads back are exactly the values the
   packed tensors stand for (quantized, then dequantized in float32 from the stored scales).
+- compressed-tensors' own compressor packs too (0.20's packing, across words).
 - On the tiny Llama checkpoint, each scheme: the F32 conversion is, tensor for tensor, the
-  conversion of the same checkpoint holding those values as floats, its logits are
-  transformers' on that float checkpoint, and where llama.cpp's converter reads the scheme
-  (GPTQ, compressed-tensors, FP8) its output is the same file.
+  conversion of the same checkpoint holding those values as floats; its logits are
+  transformers' (on the packed checkpoint itself where transformers loads it on CPU:
+  compressed-tensors and FP8; else on the float one); and where llama.cpp's converter
+  reads the scheme (GPTQ, compressed-tensors, FP8) its output is the same file.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,26 +231,44 @@ def test_e4m3fn_table_is_torchs() -> None:
 
 # ---------------------------------------------------------------- whole checkpoints
 
-# name -> (packer, quantization_config, llama.cpp's converter reads it)
-CHECKPOINTS: dict[str, tuple[Callable[[np.ndarray], Packed], dict[str, Any], bool]] = {
+
+@dataclass(frozen=True)
+class Case:
+    pack: Callable[[np.ndarray], Packed]
+    qconfig: dict[str, Any]
+    # the type llama.cpp's converter is compared at, where it reads the scheme: one
+    # comparison a scheme and zero-point convention (a minute each)
+    llama_cpp: str | None = None
+    # transformers loads the packed checkpoint itself on CPU (compressed-tensors decompresses,
+    # FP8 is dequantized without a GPU), so it is the reference; else its float twin is
+    transformers_reads: bool = False
+
+
+CHECKPOINTS: dict[str, Case] = {
     **{
-        f"gptq-{bits}bit-{fmt}-actorder": (
+        f"gptq-{bits}bit-{fmt}-actorder": Case(
             lambda w, b=bits, f=fmt: pack_gptq(w, b, 64, act_order=True, fmt=f, sym=False),
             gptq_config(bits, 64, True, fmt, False),
-            bits != 3,  # llama.cpp's converter: "3-bit gptq dequantization is not yet implemented"
+            outtype,  # llama.cpp's converter: "3-bit gptq dequantization is not yet implemented"
         )
-        for bits, fmt in ((2, "gptq_v2"), (3, "gptq"), (4, "gptq"), (8, "gptq_v2"))
+        for bits, fmt, outtype in ((2, "gptq_v2", "f32"), (3, "gptq", None), (4, "gptq", "f16"))
     },
-    "awq-4bit": (lambda w: pack_awq(w, 64), awq_config(64), False),  # llama.cpp: not AWQ
-    "compressed-4bit-group": (
+    "awq-4bit": Case(lambda w: pack_awq(w, 64), awq_config(64)),  # llama.cpp: not AWQ
+    # transformers re-initializes packed zero points (a size mismatch): llama.cpp checks them
+    "compressed-4bit-group-asym": Case(
         lambda w: pack_compressed(w, 4, "group", 64, sym=False),
         compressed_config("pack-quantized", int_weights(4, "group", 64, False)),
-        True,
+        "f32",
     ),
-    "fp8-blocks": (
+    "compressed-8bit-channel-sym": Case(
+        lambda w: pack_compressed(w, 8, "channel", sym=True),
+        compressed_config("pack-quantized", int_weights(8, "channel", None, True)),
+        transformers_reads=True,
+    ),
+    "fp8-blocks": Case(  # (llama.cpp's converter gives the same file too: a minute more)
         lambda w: pack_fp8(w, (128, 128), "weight_scale_inv"),
         {**FP8_CONFIG, "weight_block_size": [128, 128]},
-        True,
+        transformers_reads=True,
     ),
 }
 
@@ -256,9 +277,11 @@ CHECKPOINTS: dict[str, tuple[Callable[[np.ndarray], Packed], dict[str, Any], boo
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src = tiny_checkpoint("llama")
     root = tmp_path_factory.mktemp("imports")
+    # One folder name for all: llama.cpp's converter reads a basename, version and size
+    # label out of names such as "gptq-4bit-v2", which are no part of the comparison.
     return {
-        name: quantized_checkpoint(src, root / name, pack, qconfig)
-        for name, (pack, qconfig, _) in CHECKPOINTS.items()
+        name: quantized_checkpoint(src, root / name / "ckpt", case.pack, case.qconfig)
+        for name, case in CHECKPOINTS.items()
     }
 
 
@@ -278,24 +301,27 @@ def test_conversion_is_the_dequantized_checkpoints(
     name: str, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     ckpt = checkpoints[name]
-    ours = quantize(str(ckpt), type="F32", output=tmp_path / "imported.gguf").path
-    plain = quantize(str(ckpt / "dequantized"), type="F32", output=tmp_path / "plain.gguf").path
+    plain_ckpt = ckpt / "dequantized"
+    # (no self-checks: the files are compared, and the logits checked, here)
+    ours = quantize(str(ckpt), type="F32", output=tmp_path / "imported.gguf", check=False).path
+    plain = quantize(str(plain_ckpt), type="F32", output=tmp_path / "p.gguf", check=False).path
     assert gguf_differences(ours, plain) == []
-    for ids, _ in reference(tiny_checkpoint("llama"))[:2]:
-        err = relative_error(
-            llama_logits(ours, ids), _transformers_logits(ckpt / "dequantized", ids)
-        )
-        assert err < 1e-3, f"{name}: logits differ from transformers' by {err:.2e} (relative)"
+    ref = ckpt if CHECKPOINTS[name].transformers_reads else plain_ckpt
+    ids = reference(tiny_checkpoint("llama"))[0][0]
+    err = relative_error(llama_logits(ours, ids), _transformers_logits(ref, ids))
+    assert err < 1e-3, f"{name}: logits differ from transformers' by {err:.2e} (relative)"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n, (_, _, theirs) in CHECKPOINTS.items() if theirs])
+@pytest.mark.parametrize("name", [n for n, case in CHECKPOINTS.items() if case.llama_cpp])
 def test_same_file_as_llama_cpps_converter(
     name: str, checkpoints: dict[str, Path], tmp_path: Path, llama_cpp_src: Path
 ) -> None:
-    ckpt = checkpoints[name]
-    ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
+    ckpt, outtype = checkpoints[name], CHECKPOINTS[name].llama_cpp
+    assert outtype is not None
+    ours = tmp_path / "ours.gguf"
+    quantize(str(ckpt), type=outtype.upper(), output=ours, check=False)
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf", outtype)
     assert gguf_differences(ours, theirs, PROVENANCE) == []
 
 
