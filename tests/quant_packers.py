@@ -261,18 +261,24 @@ def _torch(tensors: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def float_twin(ckpt: Path) -> Path:
+    """Where `quantized_checkpoint` puts the float checkpoint: a folder of the same name (so
+    that a conversion of each, named after its folder, is the same file, byte for byte)."""
+    return ckpt / "float" / ckpt.name
+
+
 def quantized_checkpoint(
     src: Path,
     out: Path,
     pack: Callable[[np.ndarray], Packed],
     qconfig: dict[str, Any],
 ) -> Path:
-    """`src` with every linear weight packed by `pack`, as `out`; and `out`/dequantized,
+    """`src` with every linear weight packed by `pack`, as `out`; and `float_twin(out)`,
     the same checkpoint with the packed values as float32 weights. Returns `out`."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    plain = out / "dequantized"
+    plain = float_twin(out)
     plain.mkdir(parents=True)
     for f in src.iterdir():
         if f.is_file() and not f.name.endswith(".safetensors") and f.name != ".done":

@@ -4,7 +4,7 @@ packers of tests/quant_packers.py, written from each format's published packing 
 - Every scheme and bit width: the weights llmrun reads back are exactly the values the
   packed tensors stand for (quantized, then dequantized in float32 from the stored scales).
 - compressed-tensors' own compressor packs too (0.20's packing, across words).
-- On the tiny Llama checkpoint, each scheme: the F32 conversion is, tensor for tensor, the
+- On the tiny Llama checkpoint, each scheme: the F32 conversion is, byte for byte, the
   conversion of the same checkpoint holding those values as floats; its logits are
   transformers' (on the packed checkpoint itself where transformers loads it on CPU:
   compressed-tensors and FP8; else on the float one); and where llama.cpp's converter
@@ -13,6 +13,7 @@ packers of tests/quant_packers.py, written from each format's published packing 
 
 from __future__ import annotations
 
+import filecmp
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from llmrun.quantize.checkpoint import open_checkpoint
 from llmrun.quantize.imports.base import E4M3FN
 from tests.quant_packers import (
     Packed,
+    float_twin,
     pack_awq,
     pack_compressed,
     pack_fp8,
@@ -301,12 +303,12 @@ def test_conversion_is_the_dequantized_checkpoints(
     name: str, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
     ckpt = checkpoints[name]
-    plain_ckpt = ckpt / "dequantized"
+    twin = float_twin(ckpt)
     # (no self-checks: the files are compared, and the logits checked, here)
     ours = quantize(str(ckpt), type="F32", output=tmp_path / "imported.gguf", check=False).path
-    plain = quantize(str(plain_ckpt), type="F32", output=tmp_path / "p.gguf", check=False).path
-    assert gguf_differences(ours, plain) == []
-    ref = ckpt if CHECKPOINTS[name].transformers_reads else plain_ckpt
+    plain = quantize(str(twin), type="F32", output=tmp_path / "float.gguf", check=False).path
+    assert filecmp.cmp(ours, plain, shallow=False), "not the float checkpoint's file"
+    ref = ckpt if CHECKPOINTS[name].transformers_reads else twin
     ids = reference(tiny_checkpoint("llama"))[0][0]
     err = relative_error(llama_logits(ours, ids), _transformers_logits(ref, ids))
     assert err < 1e-3, f"{name}: logits differ from transformers' by {err:.2e} (relative)"
