@@ -96,6 +96,11 @@ FP8_CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynami
 FP8_CHANNEL = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}
 
 
+def _one_scale(packed: Packed) -> Packed:
+    packed.tensors["weight_scale"] = packed.tensors["weight_scale"].reshape(1)
+    return packed
+
+
 # name -> (packer of one weight, quantization_config, weight shape out x in)
 CASES: dict[str, tuple[Callable[[np.ndarray], Packed], dict[str, Any], tuple[int, int]]] = {
     **{
@@ -140,6 +145,11 @@ CASES: dict[str, tuple[Callable[[np.ndarray], Packed], dict[str, Any], tuple[int
     "compressed-fp8-channel": (
         lambda w: pack_fp8(w, None, "weight_scale"),
         compressed_config("float-quantized", FP8_CHANNEL),
+        (48, 250),
+    ),
+    "compressed-fp8-tensor": (  # one scale, of shape [1], as LLM Compressor writes it
+        lambda w: _one_scale(pack_fp8(w, w.shape, "weight_scale")),
+        compressed_config("float-quantized", {**FP8_CHANNEL, "strategy": "tensor"}),
         (48, 250),
     ),
     "fp8-blocks": (  # blocks cut short at the bottom and the right
