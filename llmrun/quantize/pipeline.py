@@ -185,11 +185,6 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
         return _Job(source)
     progress.stage(f"reading {source.path}")
     ckpt = open_checkpoint(source.path)
-    if ckpt.imported:
-        progress.note(
-            f"{source.name} is a {ckpt.imported} checkpoint: its weights are dequantized "
-            "as read, and the output is requantized from the dequantized weights"
-        )
     conv = converter_for(ckpt)
     vocab = load_vocab(ckpt, conv.n_vocab)
     conv.adjust_vocab(vocab)
@@ -199,6 +194,11 @@ def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | 
 
         plans = merged_plans(plans, adapter, conv)
     progress.end()
+    if ckpt.imported:  # said once every check has passed
+        progress.note(
+            f"{source.name} is a {ckpt.imported} checkpoint: its weights are dequantized "
+            "as read, and the output is requantized from the dequantized weights"
+        )
     for warning in vocab.warnings:
         progress.note(f"warning: {warning}")
     return _Job(source, conv, vocab, plans)

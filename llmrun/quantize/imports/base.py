@@ -49,7 +49,7 @@ class Packing:
 class Scheme:
     """A checkpoint's quantization, as one scheme module reads its quantization_config."""
 
-    description: str  # for the user: "GPTQ 4-bit, groups of 128, act-order"
+    description: str  # for the user: "GPTQ 4-bit (gptq, groups of 128, act-order)"
     packings: tuple[Packing, ...]
 
 
