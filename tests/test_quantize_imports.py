@@ -378,3 +378,18 @@ def test_an_unsupported_scheme_is_one_error_naming_it(
     assert r.code == 2
     assert named in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize(
+    ("dropped", "says"),
+    [("qzeros", "but not model.layers.0.mlp.up_proj.qzeros beside it"), ("scales", "scales")],
+)
+def test_a_packed_weight_missing_a_part_is_one_error(
+    dropped: str, says: str, tmp_path: Path, llmrun_inprocess
+) -> None:
+    packed = pack_gptq(np.ones((64, 128), np.float32), 4, 64, act_order=False, fmt="gptq", sym=True)
+    del packed.tensors[dropped]
+    folder = _single_weight(tmp_path / "ckpt", packed, gptq_config(4, 64, False, "gptq", True))
+    r = llmrun_inprocess("quantize", str(folder), "-o", str(tmp_path / "out.gguf"))
+    assert r.code == 2
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
