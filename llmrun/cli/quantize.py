@@ -217,8 +217,12 @@ def quantize_cmd(
     BF16 or Q8_0; beside the adapter by default), or is merged into the weights with
     --merge-lora.
 
+    A pre-quantized checkpoint (GPTQ, AWQ GEMM, compressed-tensors, FP8: config.json's
+    quantization_config) is dequantized exactly as read, then converted and requantized.
+
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
+    llmrun quantize ./Qwen2.5-7B-Instruct-AWQ --type Q4_K_M
     llmrun quantize --list-archs
     llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
     llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M
