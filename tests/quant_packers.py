@@ -1,6 +1,6 @@
 """Packers of pre-quantized checkpoints, written from each format's published packing code,
 not from llmrun's decoders: AutoGPTQ's `QuantLinear.pack` (qlinear_cuda_old), AutoAWQ's
-`WQLinear_GEMM.from_linear`, compressed-tensors' `pack_to_int32`, and the FP8 block
+`WQLinear_GEMM.from_linear`, older compressed-tensors' `pack_to_int32`, and the FP8 block
 quantization of DeepSeek-V3's and transformers' fine-grained FP8.
 
 Each packer quantizes a float weight (out x in) with plain min-max rounding, packs it,
@@ -175,8 +175,9 @@ def pack_awq(w: np.ndarray, group: int) -> Packed:
 
 
 def pack_to_int32(value: np.ndarray, num_bits: int, packed_dim: int = 1) -> np.ndarray:
-    """compressed-tensors' pack_to_int32 (its numpy version): signed values, offset to
-    unsigned, 32 // num_bits a word along `packed_dim`, the last word padded."""
+    """compressed-tensors' pack_to_int32 as its releases before 0.20 wrote it (numpy):
+    signed values, offset to unsigned, 32 // num_bits a word along `packed_dim`, the last
+    word padded. (0.20 packs a stream of bits instead; its own compressor is tested too.)"""
     if packed_dim == 0:
         value = value.T
     offset = pow(2, num_bits) // 2
