@@ -150,11 +150,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} items)"
 
 
-def llama_cpp_conversion(llama_cpp_src: Path, ckpt: Path, out: Path) -> Path:
-    """`ckpt` converted to F32 by llama.cpp's convert_hf_to_gguf.py (the sdist's), as `out`."""
+def llama_cpp_conversion(llama_cpp_src: Path, ckpt: Path, out: Path, outtype: str = "f32") -> Path:
+    """`ckpt` converted by llama.cpp's convert_hf_to_gguf.py (the sdist's) to `outtype`
+    (f32, f16, bf16), as `out`."""
     script = llama_cpp_src / "convert_hf_to_gguf.py"
     r = subprocess.run(
-        [sys.executable, str(script), str(ckpt), "--outtype", "f32", "--outfile", str(out)],
+        [sys.executable, str(script), str(ckpt), "--outtype", outtype, "--outfile", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -239,8 +239,12 @@ def quantize_cmd(
     gives its projector file, F16 unless --mmproj-type, beside the model; both paths go to
     stdout.
 
+    A pre-quantized checkpoint (GPTQ, AWQ GEMM, compressed-tensors, FP8: config.json's
+    quantization_config) is dequantized exactly as read, then converted and requantized.
+
     Examples: llmrun quantize smollm2-135m --type Q4_K_M
     llmrun quantize ./Llama-3.2-1B-Instruct --type Q8_0 -o llama-1b-q8.gguf
+    llmrun quantize ./Qwen2.5-7B-Instruct-AWQ --type Q4_K_M
     llmrun quantize --list-archs
     llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
     llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M

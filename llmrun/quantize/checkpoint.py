@@ -2,7 +2,8 @@
 
 Tensors are listed from the safetensors headers (gguf-py's `SafetensorsLocal`)
 and their data is memory-mapped one tensor at a time, when it is written, so a
-conversion never holds more than one tensor's pages. Every file is checked up
+conversion never holds more than one tensor's pages (a pre-quantized weight, decoded
+by llmrun.quantize.imports, one tensor as float32). Every file is checked up
 front: a truncated or damaged checkpoint is an error before anything is written.
 """
 
@@ -28,6 +29,18 @@ DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),
 }
+# The integer and 8-bit float dtypes of pre-quantized checkpoints: read as stored, and
+# decoded by llmrun.quantize.imports (the writer takes only DTYPES).
+PACKED_DTYPES: dict[str, np.dtype] = {
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "F8_E4M3": np.dtype("u1"),
+    "F8_E5M2": np.dtype("u1"),
+}
+STORED = {**DTYPES, **PACKED_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,7 @@ class SourceTensor:
     """One tensor of the checkpoint, not yet read."""
 
     name: str
-    dtype: str  # "F32", "F16" or "BF16"
+    dtype: str  # "F32", "F16" or "BF16" (or one of PACKED_DTYPES)
     shape: tuple[int, ...]
     file: Path
     offset: int  # of its data in the file
@@ -44,8 +57,8 @@ class SourceTensor:
     def array(self) -> np.ndarray:
         """The tensor's data, memory-mapped read-only, in its stored representation."""
         if self.nbytes == 0:
-            return np.zeros(self.shape, DTYPES[self.dtype])
-        dtype = DTYPES[self.dtype]
+            return np.zeros(self.shape, STORED[self.dtype])
+        dtype = STORED[self.dtype]
         count = self.nbytes // dtype.itemsize
         return np.memmap(self.file, dtype, "r", self.offset, (count,)).reshape(self.shape)
 
@@ -62,6 +75,8 @@ class Checkpoint:
     folder: Path
     config: dict[str, Any]
     tensors: dict[str, SourceTensor]
+    # A pre-quantized checkpoint (GPTQ, AWQ...): what it was, its weights dequantized as read
+    imported: str | None = None
 
     @property
     def architecture(self) -> str | None:
@@ -105,8 +120,13 @@ def open_checkpoint(folder: Path) -> Checkpoint:
             if name in tensors:
                 raise BadInput(f"tensor {name} is in two files of {folder}")
             tensors[name] = t
+    # Function-level: the scheme modules build on this module's SourceTensor.
+    from llmrun.quantize.imports import dequantize_checkpoint
+
+    tensors, imported = dequantize_checkpoint(config, tensors)
     # One order however the checkpoint is sharded: by name, layer numbers as numbers.
-    return Checkpoint(folder, config, dict(sorted(tensors.items(), key=lambda kv: _natural(kv[0]))))
+    ordered = dict(sorted(tensors.items(), key=lambda kv: _natural(kv[0])))
+    return Checkpoint(folder, config, ordered, imported)
 
 
 def _natural(name: str) -> list[tuple[int, int | str]]:
@@ -154,8 +174,8 @@ def read_safetensors(path: Path) -> dict[str, SourceTensor]:
                 "download it again",
             )
         shape = tuple(int(n) for n in t.shape)
-        if t.dtype in DTYPES:
-            want = int(np.prod(shape, dtype=np.int64)) * DTYPES[t.dtype].itemsize
+        if t.dtype in STORED:
+            want = int(np.prod(shape, dtype=np.int64)) * STORED[t.dtype].itemsize
             if want != r.size:
                 raise BadInput(f"{path}: tensor {name} has {r.size} bytes for shape {shape}")
         out[name] = SourceTensor(name, t.dtype, shape, path, r.offset, r.size)

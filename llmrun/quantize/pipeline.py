@@ -283,6 +283,11 @@ def _prepare(
         # its keys too (a missing preprocessor_config.json...), before the model is written
         job.projector_metadata(GGUFWriter(path=None, arch=job.projector.arch_name))
     progress.end()
+    if ckpt.imported:  # said once every check has passed
+        progress.note(
+            f"{source.name} is a {ckpt.imported} checkpoint: its weights are dequantized "
+            "as read, and the output is requantized from the dequantized weights"
+        )
     for warning in vocab.warnings:
         progress.note(f"warning: {warning}")
     return job

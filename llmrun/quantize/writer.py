@@ -162,9 +162,9 @@ def _check_source(plan: TensorPlan) -> None:
     for src in plan.inputs:
         if src.dtype not in DTYPES:
             raise BadInput(
-                f"tensor {src.name} is {src.dtype}; "
-                "only F32, F16 and BF16 checkpoints are supported",
-                "quantized checkpoints (FP8, GPTQ, AWQ...) must be converted from their original",
+                f"tensor {src.name} is {src.dtype}: not a float tensor llmrun can convert",
+                "a pre-quantized checkpoint needs config.json's quantization_config "
+                "(GPTQ, AWQ, compressed-tensors and FP8 are read); else convert the original",
             )
 
 
