@@ -36,6 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_MARK = ".tmp-"  # temporary files: ".<final name>.tmp-<random>"
 # Parts 2..N of a split GGUF: the model is its part 1, which llama.cpp opens.
 _LATER_PART = re.compile(r"-(?!0*1-)\d{5}-of-\d{5}\.gguf$")
+PROJECTOR_PREFIX = "mmproj-"  # an image projector GGUF, stored beside its model
 
 
 def home() -> Path:
@@ -406,6 +407,20 @@ class StoredModel:
         repo = self.manifest.get("repo")
         return repo if isinstance(repo, str) else None
 
+    @property
+    def mmproj(self) -> Path | None:
+        """The image projector stored beside it (manifest "mmproj"), when it has one."""
+        name = self.manifest.get("mmproj")
+        if not isinstance(name, dict) or not isinstance(name.get("file"), str):
+            return None
+        path = self.path.parent / Path(name["file"]).name
+        return path if path.is_file() else None
+
+
+def is_projector(path: Path) -> bool:
+    """An image projector stored beside its model (mmproj-*.gguf), not a model of its own."""
+    return path.name.lower().startswith(PROJECTOR_PREFIX)
+
 
 def list_models() -> list[StoredModel]:
     """Every GGUF in the store, by name then quant; skips temporary and unreadable files."""
@@ -419,7 +434,7 @@ def list_models() -> list[StoredModel]:
         for path in sorted(folder.glob("*.gguf")):
             if path.name.startswith(".") or is_temporary(path):
                 continue  # a write in progress, or one that died
-            if _LATER_PART.search(path.name):
+            if _LATER_PART.search(path.name) or is_projector(path):
                 continue
             model = _stored(folder.name, path)
             if model is not None:
