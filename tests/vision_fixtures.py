@@ -25,6 +25,7 @@ from typing import Any
 from tests.quantize_fixtures import cached, tiny_checkpoint
 
 IMAGE_SIZE = 32  # the tiny tower's input: images this size are not resized
+IMAGE_TOKENS = 16  # its 4x4 patches unpooled (the original pools them to 4): a louder image
 MEAN = STD = [0.5, 0.5, 0.5]  # SigLIP's normalization
 RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
 
@@ -63,7 +64,7 @@ def reference_model() -> Any:
     import transformers
 
     model = transformers.Gemma3ForConditionalGeneration.from_pretrained(
-        tiny_checkpoint("gemma3mm"), dtype=torch.float32
+        tiny_checkpoint("gemma3mm"), dtype=torch.float32, mm_tokens_per_image=IMAGE_TOKENS
     ).eval()
     weight = model.model.multi_modal_projector.mm_input_projection_weight
     with torch.no_grad():
@@ -93,6 +94,8 @@ def gemma3_vision_checkpoint() -> Path:
                 tensors[k] = tensors[k] + ATTENTION_GAIN
         save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
         config = json.loads((out / "config.json").read_text())
+        config["mm_tokens_per_image"] = IMAGE_TOKENS
+        (out / "config.json").write_text(json.dumps(config, indent=1))
         preprocessor = {
             "image_processor_type": "Gemma3ImageProcessor",
             "processor_class": "Gemma3Processor",

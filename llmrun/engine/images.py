@@ -219,10 +219,13 @@ class Projector:
         params.print_timings = verbose
         params.warmup = False  # the first image pays for it instead of every load
         params.media_marker = MARKER.encode()
+        start = logs.mark()
         self._ctx = mtmd.mtmd_init_from_file(str(path).encode(), llama_model, params)
         if not self._ctx:
+            said = [line.strip() for line in logs.since(start) if "error" in line]
+            reason = said[-1] if said else logs.last_error("unknown reason")
             raise BadModelFile(
-                f"llama.cpp cannot load the projector {path}: {logs.last_error('unknown reason')}",
+                f"llama.cpp cannot load the projector {path}: {reason}",
                 "the projector (mmproj) must be made for this model",
             )
         if not mtmd.mtmd_support_vision(self._ctx):

@@ -22,7 +22,7 @@ import llama_cpp
 from llmrun.adapters import describe as describe_adapters
 from llmrun.cpus import default_threads
 from llmrun.engine import logs, rpc, system
-from llmrun.engine.images import Image, Projector, image_start, runs
+from llmrun.engine.images import MARKER, Image, Projector, image_start, runs
 from llmrun.engine.offload import (
     CONTEXT_STEP,
     Device,
@@ -419,6 +419,12 @@ class Model:
         return self._piece_buf.raw[:n]
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        """The text of `tokens`; an image (images.py) reads as its marker."""
+        if any(t < 0 for t in tokens):
+            return "".join(
+                MARKER if tokens[a] < 0 else self.detokenize(tokens[a:b], special)
+                for a, b in runs(tokens)
+            )
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
     @property
