@@ -268,9 +268,13 @@ def record_gguf(
     ref: str,
     files: list[dict[str, Any]],
     force: bool,
+    projector: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
     """Store pulled GGUF files (a model, or the parts of a split one) as links to the
-    Hugging Face cache, with a manifest beside part 1; returns part 1's store path."""
+    Hugging Face cache, with a manifest beside part 1; returns part 1's store path.
+
+    `projector`: a vision model's mmproj GGUF (its cached path and what the Hub says of it),
+    linked beside the model as mmproj-<name>-<QUANT>.gguf and named in the manifest."""
     first = model_path(name, quant)
     n = len(cached)
     # Split parts keep llama.cpp's naming, which is how it finds parts 2..n from part 1.
@@ -284,6 +288,12 @@ def record_gguf(
             _check_replaceable(dests[0], repo, f"{name}:{quant}", force)
             for src, dest in zip(cached, dests, strict=True):
                 _link(src.resolve(), dest)
+            extra: dict[str, Any] = {}
+            if projector is not None:
+                src, remote = projector
+                link = first.with_name(f"{PROJECTOR_PREFIX}{first.name}")
+                _link(src.resolve(), link)
+                extra["mmproj"] = {**remote, "file": link.name}
             write_manifest(
                 dests[0],
                 name=name,
@@ -295,6 +305,7 @@ def record_gguf(
                 files=files,
                 parts=[d.name for d in dests[1:]],
                 total_size=sum(f["size"] or 0 for f in files),
+                **extra,
             )
     except OSError as e:
         raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
@@ -503,6 +514,8 @@ def remove(model: StoredModel) -> None:
             for part in model.manifest.get("parts") or []:  # a split GGUF's other files
                 if isinstance(part, str) and _LATER_PART.search(part) and "/" not in part:
                     model.path.with_name(part).unlink(missing_ok=True)
+            if model.mmproj is not None:  # its image projector
+                model.mmproj.unlink(missing_ok=True)
             manifest_path(model.path).unlink(missing_ok=True)
         # Small race: a writer that takes the lock now recreates the lock file.
         Path(str(model.path) + ".lock").unlink(missing_ok=True)

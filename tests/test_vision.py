@@ -5,7 +5,9 @@ driven by the openai and ollama clients."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from llmrun.engine.images import (
 )
 from llmrun.errors import BadInput
 from llmrun.options import Load, Sampling
+from tests.hubserver import HubServer
 from tests.vision_fixtures import VisionModel, bmp, gemma3_vision, pixels, png, reference_model
 
 GREEDY = Sampling(temp=0.0, max_tokens=8)
@@ -276,3 +279,65 @@ def test_ollama_client_sends_images(server) -> None:
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="x", messages=[{**message, "images": [b"junk"]}], options=options)
     assert e.value.status_code == 400
+
+
+# ---------------------------------------------------------------- pull
+
+VISION_REPO = "hubtest/Tiny-Gemma3-Vision-GGUF"
+MODEL_FILE = "Tiny-Gemma3-Vision-F32.gguf"
+
+
+@pytest.fixture(scope="module")
+def vision_hub(vision: VisionModel) -> Iterator[HubServer]:
+    """A local Hub with a vision GGUF repo: the model, and its projector in two quants (the
+    same bytes under both names: which name was fetched is what the tests check)."""
+    server = HubServer()
+    server.add_repo(
+        VISION_REPO,
+        {
+            MODEL_FILE: vision.model,
+            "mmproj-Tiny-Gemma3-Vision-F16.gguf": vision.mmproj,
+            "mmproj-Tiny-Gemma3-Vision-Q8_0.gguf": vision.mmproj,
+            "README.md": b"# tiny\n",
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_pull_fetches_the_projector(
+    llmrun, vision_hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmrun import store
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", vision_hub.url)
+    r = llmrun("pull", VISION_REPO)
+    assert r.code == 0, r.stderr
+    stored = Path(r.stdout.strip())
+    manifest = store.read_manifest(stored)
+    assert manifest["mmproj"]["name"] == "mmproj-Tiny-Gemma3-Vision-F16.gguf"
+    assert (stored.parent / manifest["mmproj"]["file"]).is_file()
+    name = "tiny-gemma3-vision"
+    shown = llmrun("show", name)
+    assert shown.code == 0
+    assert re.search(r"^\s*vision\s+yes \(mmproj-", shown.stdout, re.MULTILINE), shown.stdout
+    listed = llmrun("list", "--json")
+    rows = [m for m in json.loads(listed.stdout) if m["path"].startswith(str(stored.parent))]
+    assert [m["name"] for m in rows] == [name]  # the projector is no model of its own
+
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png(pixels(1)))
+    run = llmrun("run", name, "--image", str(picture), "--raw", "-n", "4", "-t", "1", QUESTION)
+    assert run.code == 0, run.stderr  # found by run, with no --mmproj
+
+    again = llmrun("pull", VISION_REPO, "--mmproj-quant", "q8_0", "--force")
+    assert again.code == 0, again.stderr
+    assert store.read_manifest(stored)["mmproj"]["name"] == "mmproj-Tiny-Gemma3-Vision-Q8_0.gguf"
+    missing = llmrun("pull", VISION_REPO, "--mmproj-quant", "Q4_0")
+    assert missing.code == 2 and "has no Q4_0 projector" in missing.stderr
+    assert "available: F16, Q8_0" in missing.stderr
+
+    assert llmrun("rm", name, "-y").code == 0
+    assert not stored.parent.exists()  # the model, its manifest and its projector
