@@ -139,6 +139,38 @@ def test_bad_images_are_one_clear_error(engine: Model) -> None:
         engine.tokenize(chat_prompt(2), images=[image_from_bytes(png(pixels(1)), "a.png")])
 
 
+def test_every_format_reads(engine: Model) -> None:
+    """JPEG, GIF (its first frame) and BMP through llama.cpp's decoder, WebP through Pillow;
+    lossless formats of the same pixels give the same embeddings."""
+    import io
+
+    pil = pytest.importorskip("PIL.Image")
+    assert engine.images is not None
+    picture = pil.frombytes("RGB", (32, 32), pixels(1))
+
+    def encoded(image, fmt: str, **kw) -> bytes:
+        out = io.BytesIO()
+        image.save(out, fmt, **kw)
+        return out.getvalue()
+
+    def embeddings(data: bytes, name: str) -> np.ndarray:
+        return engine.images.embeddings(image_from_bytes(data, name))
+
+    want = embeddings(png(pixels(1)), "a.png")
+    webp = encoded(picture, "WEBP", lossless=True)
+    assert image_from_bytes(webp, "a.webp").format == "webp"
+    assert np.array_equal(embeddings(webp, "a.webp"), want)
+    assert np.array_equal(embeddings(bmp(pixels(1)), "a.bmp"), want)
+    jpeg = embeddings(encoded(picture, "JPEG", quality=95), "a.jpg")
+    assert jpeg.shape == want.shape and not np.array_equal(jpeg, want)  # lossy, but read
+    frames = [picture.quantize(64), pil.frombytes("RGB", (32, 32), pixels(7)).quantize(64)]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first = encoded(frames[0].convert("RGB"), "PNG")
+    assert np.array_equal(embeddings(gif, "a.gif"), embeddings(first, "first.png"))
+    with pytest.raises(BadImage, match="damaged"):
+        embeddings(webp[:40], "cut.webp")
+
+
 def test_a_text_model_refuses_images(smollm2: Path) -> None:
     model = load_model(smollm2, Load(ctx_size=256, threads=1))
     try:
