@@ -250,6 +250,11 @@ class Projector:
             self._mtmd.mtmd_free(self._ctx)
             self._ctx = None
 
+    def forget(self) -> None:
+        """Drop the kept embeddings: the next use of each image encodes it again."""
+        with self._lock:
+            self._embeddings.clear()
+
     # ------------------------------------------------------------ prompts
 
     def tokenize(
