@@ -22,10 +22,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from llmrun.errors import BadInput, BadModelFile, EngineError
+
+if TYPE_CHECKING:
+    import numpy as np  # only with images: a plain run never imports it
 
 MARKER = "<__media__>"  # where an image goes in a rendered prompt (mtmd's default marker)
 MAX_IMAGE_BYTES = 20 << 20  # a photo is a few MB; anything past this is refused unread
@@ -364,6 +366,8 @@ class Projector:
 
     def _encode(self, chunk: int) -> np.ndarray:
         """The image's embeddings, (tokens, n_embd) float32, computed now."""
+        import numpy as np
+
         mtmd = self._mtmd
         started = time.perf_counter()
         rc = mtmd.mtmd_encode_chunk(self._ctx, chunk)
