@@ -373,3 +373,80 @@ def test_pull_fetches_the_projector(
 
     assert llmrun("rm", name, "-y").code == 0
     assert not stored.parent.exists()  # the model, its manifest and its projector
+
+
+# ---------------------------------------------------------------- chat
+
+
+def test_chat_session_keeps_images_across_turns_and_saves(engine: Model) -> None:
+    from llmrun.chat.session import ChatSession
+
+    image = image_from_bytes(png(pixels(6)), "six.png")
+    session = ChatSession(engine, GREEDY)
+    engine.reset()
+    engine.images.forget()
+    reply = session.send(QUESTION, [image])
+    first = "".join(reply)
+    assert engine.stats.images_encoded == 1
+    reply = session.send("And the colours?")
+    "".join(reply)
+    assert engine.stats.images_encoded == 0  # the image's cells are reused
+    assert engine.stats.reused_tokens >= 16
+    session.save("pictures")
+    again = ChatSession(engine, GREEDY)
+    again.load("pictures")
+    assert again.messages[0]["images"][0].data == image.data
+    assert again.messages[1]["content"] == first
+
+
+def test_split_image_paths(tmp_path: Path) -> None:
+    from llmrun.chat.repl import split_image_paths
+
+    spaced = tmp_path / "my cat.png"
+    spaced.write_bytes(png(pixels(1)))
+    plain = tmp_path / "dog.JPG"
+    plain.write_bytes(b"\xff\xd8\xff")
+    escaped = str(spaced).replace(" ", "\\ ")
+    assert split_image_paths(f"what is {escaped}?") == ("what is ?", [spaced])
+    assert split_image_paths(f"'{spaced}' and {plain} differ") == ("and differ", [spaced, plain])
+    assert split_image_paths("no /such/file.png here") == ("no /such/file.png here", [])
+
+
+def test_chat_attaches_images(vision: VisionModel, tmp_path: Path) -> None:
+    import pexpect
+
+    vision = linked(vision, tmp_path)
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(png(pixels(1)))
+    args = [str(vision.model), "--mmproj", str(vision.mmproj), "--temp", "0", "-n", "6", "-t", "1"]
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "llmrun", "chat", *args],
+        env={**os.environ, "NO_COLOR": "1"},
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(50, 200),
+    )
+    child.expect_exact(">>> ")
+    child.sendline(f"/image {picture}")
+    child.expect_exact("attached picture.png")
+    child.expect_exact(">>> ")
+    child.sendline(QUESTION)
+    child.expect_exact(">>> ")
+    child.sendline(f"{picture} and this one?")  # a dragged path starts the line
+    child.expect_exact(">>> ")
+    child.sendline(f"/image {tmp_path / 'missing.png'}")
+    child.expect_exact("cannot read image")
+    child.expect_exact(">>> ")
+    child.sendline("/save seen")
+    child.expect_exact("saved 4 messages")
+    child.expect_exact(">>> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    saved = json.loads((Path(os.environ["LLMRUN_HOME"]) / "chats" / "seen.json").read_text())
+    users = [m for m in saved["messages"] if m["role"] == "user"]
+    assert [len(m["images"]) for m in users] == [1, 1]
+    assert users[1]["content"] == f"{MARKER}\nand this one?"
+    assert base64.b64decode(users[1]["images"][0]) == picture.read_bytes()

@@ -49,10 +49,14 @@ def split_image_paths(text: str) -> tuple[str, list[Path]]:
 
     def take(match: re.Match[str]) -> str:
         word = next(g for g in match.groups() if g is not None)
+        tail = ""
+        if match.group(3) is not None:  # unquoted: punctuation after it is the sentence's
+            stripped = word.rstrip("?!.,;:)")
+            word, tail = stripped, word[len(stripped) :]
         path = Path(word.replace("\\ ", " ")).expanduser()
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             paths.append(path)
-            return ""
+            return tail
         return match.group(0)
 
     rest = _IMAGE_PATH.sub(take, text)
