@@ -286,6 +286,9 @@ def generate_job(service: Service, ask: Ask) -> Job:
     """/api/generate's prompt: fill-in-the-middle, raw, or the template around one user turn."""
     model = service.engine.model
     extras = Extras(logprobs=ask.gen.logprobs)
+    # An image in an earlier answer's context is a negative id; only a vision model has them.
+    if not all(0 <= t < model.n_vocab or (t < 0 and model.images) for t in ask.context):
+        raise bad(f"context must hold token ids in 0..{model.n_vocab - 1}", "context")
     if ask.suffix:
         fim = model.fim_tokens()
         if fim is None:
