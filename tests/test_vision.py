@@ -91,6 +91,17 @@ def test_an_image_is_tokens_of_its_own(engine: Model) -> None:
     assert kinds == [False, True, False]
 
 
+def test_the_same_image_twice_in_a_row(engine: Model) -> None:
+    """Two copies of one image: each is evaluated in its place (Gemma's image-start and -end
+    text separates them; where nothing does, decode_run splits the one run)."""
+    image = image_from_bytes(png(pixels(2)), "a.png")
+    engine.reset()
+    tokens = engine.tokenize(MARKER + MARKER + QUESTION, images=[image, image])
+    assert tokens.count(image_token(image.digest)) == 32
+    "".join(engine.generate(tokens, GREEDY, ignore_eos=True))
+    assert engine.cached_tokens[: len(tokens)] == tokens  # the KV cache holds every position
+
+
 def test_earlier_images_are_not_encoded_again(engine: Model) -> None:
     """A second turn reuses the KV cache through the image; with the cache cleared, the
     image's embeddings are kept by its hash."""

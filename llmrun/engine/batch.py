@@ -452,8 +452,12 @@ class BatchEngine:
             token = slot.pending[0]
             end = next((i for i, t in enumerate(slot.pending) if t != token), len(slot.pending))
             with self.model.decode_lock:
-                images.decode(
-                    self.model.ctx, token, len(slot.cached), slot.seq_id, self.model.n_batch
+                images.decode_run(
+                    self.model.ctx,
+                    slot.pending[:end],
+                    len(slot.cached),
+                    slot.seq_id,
+                    self.model.n_batch,
                 )
             slot.cached += slot.pending[:end]
             slot.pending = slot.pending[end:]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 MARKER = "<__media__>"  # where an image goes in a rendered prompt (mtmd's default marker)
 MAX_IMAGE_BYTES = 20 << 20  # a photo is a few MB; anything past this is refused unread
 MAX_PIXELS = 64 << 20  # decoded width x height (8192 x 8192)
-KEEP_CHUNKS = 32  # tokenized images waiting to be (or recently) decoded
+KEEP_CHUNKS = 16  # tokenized images waiting to be (or recently) decoded (~10 MB each)
 KEEP_EMBEDDINGS = 64  # encoded images kept for later turns
 
 
@@ -331,6 +331,23 @@ class Projector:
         return tokens
 
     # ------------------------------------------------------------ evaluation
+
+    def positions(self, token: int) -> int:
+        """How many positions the image `token` stands for takes (its run's length, unless
+        the same image comes twice in a row)."""
+        with self._lock:
+            chunk = self._chunks.get(token)
+        if chunk is None:
+            raise EngineError("an image of this prompt is no longer prepared", "send it again")
+        return self._mtmd.mtmd_input_chunk_get_n_pos(chunk)
+
+    def decode_run(
+        self, ctx: object, tokens: Sequence[int], pos: int, seq: int, n_batch: int
+    ) -> None:
+        """Evaluate a run of one image's tokens (the image once, or more times in a row)."""
+        n = self.positions(tokens[0])
+        for i in range(0, len(tokens), n):
+            self.decode(ctx, tokens[0], pos + i, seq, n_batch)
 
     def decode(self, ctx: object, token: int, pos: int, seq: int, n_batch: int) -> None:
         """Evaluate the image that `token` stands for into sequence `seq` at `pos`."""

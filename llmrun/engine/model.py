@@ -487,7 +487,8 @@ class Model:
                 self._decode_text(tokens[start:end], all_logits)
                 continue
             before = (self.images.encoded, self.images.encode_seconds)
-            self.images.decode(self._ctx, tokens[start], len(self._cached), 0, self.n_batch)
+            run = tokens[start:end]
+            self.images.decode_run(self._ctx, run, len(self._cached), 0, self.n_batch)
             self.stats.images_encoded += self.images.encoded - before[0]
             self.stats.image_seconds += self.images.encode_seconds - before[1]
             self._cached.extend(tokens[start:end])
