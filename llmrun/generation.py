@@ -75,6 +75,7 @@ def prepare(
     n_cpu_moe: int | None = None,
     lora: Sequence[str] | None = None,
     mmproj: str | None = None,
+    vision: bool = True,
     pull: bool = True,
     progress: Any = None,
     **sampling_flags: Any,
@@ -82,7 +83,8 @@ def prepare(
     """Check every option and resolve the model; flags win over the model's models.toml params.
 
     A model that is not here yet is pulled first (`pull=False`: it is an error), reporting
-    to `progress` (see llmrun.hub.PullProgress).
+    to `progress` (see llmrun.hub.PullProgress). A vision model's projector (`mmproj`, else
+    the one stored with it) is loaded too, unless `vision=False` (text only: bench, eval).
     """
     given = {k: check_param(k, v) for k, v in sampling_flags.items() if v is not None}
     if system is not None:
@@ -104,7 +106,7 @@ def prepare(
         resolved = hub.ensure_local(model, progress=progress)
     info = read_info(resolved.path)  # a damaged file is an error here, not a crash in llama.cpp
     check_adapters(adapters, info)
-    projector = find_projector(resolved, mmproj)
+    projector = find_projector(resolved, mmproj) if vision or mmproj else None
     entry_params = dict(resolved.entry.params) if resolved.entry else {}
     params = {**entry_params, **given}
     load = check_load(
@@ -292,7 +294,7 @@ def run(
         raise BadOption("--draft does not work with --image yet", "drop one of them")
     if images:
         cache = None  # the prompt cache keys prefixes by tokens; an image is not one
-    prepared = prepare(model, system=system, **options)
+    prepared = prepare(model, system=system, vision=bool(images), **options)
     if images and prepared.load.mmproj is None:
         raise BadInput(
             f"{prepared.resolved.name} cannot read images: it has no projector",
