@@ -515,7 +515,9 @@ def purge(manifest: Mapping[str, Any]) -> list[Path]:
     """Delete the cached download a store manifest names: snapshot links, and blobs no
     other snapshot uses. Returns what was deleted."""
     repo, commit = manifest.get("repo"), manifest.get("revision")
-    files = manifest.get("files") or []
+    files = list(manifest.get("files") or [])
+    if isinstance(manifest.get("mmproj"), dict):  # a vision model's projector, pulled with it
+        files.append(manifest["mmproj"])
     if not (isinstance(repo, str) and REPO_ID.match(repo) and _COMMIT_RE.match(str(commit))):
         return []
     folder = _repo_cache(repo)
