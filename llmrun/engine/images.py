@@ -240,10 +240,6 @@ class Projector:
         self.encoded = 0  # images encoded so far, and the seconds it took
         self.encode_seconds = 0.0
 
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
     def close(self) -> None:
         if getattr(self, "_ctx", None):
             for chunk in self._chunks.values():
