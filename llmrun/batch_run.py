@@ -171,7 +171,7 @@ def run_batch(
 
     grammar = grammar_for(format, json_schema)
     lines = read_lines(source)
-    prepared = prepare(model, system=system, **options)
+    prepared = prepare(model, system=system, vision=False, **options)
     summary = Summary()
     jobs: list[Job] = []
     for line, text in lines:

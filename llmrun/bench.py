@@ -135,6 +135,7 @@ def bench(
             flash_attn=flash_attn,
             rpc=rpc,
             lora=lora,
+            vision=False,
             pull=False,  # a benchmark never starts a download
         )
         for m in models or [None]

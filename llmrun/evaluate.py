@@ -106,6 +106,7 @@ def evaluate(
             ctx_size=ctx_size + 1,
             threads=threads,
             n_gpu_layers=n_gpu_layers,
+            vision=False,
             pull=False,
         )
 

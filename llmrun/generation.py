@@ -16,9 +16,10 @@ from llama_cpp.llama_grammar import JSON_GBNF
 
 from llmrun.adapters import check_adapters
 from llmrun.engine import Model, Stats, load_model
+from llmrun.engine.images import Image, with_markers
 from llmrun.engine.sampling import Grammar
 from llmrun.engine.speculative import DRAFT_KINDS, Drafter, ModelDrafter, NgramDrafter
-from llmrun.errors import BadInput, BadOption, ModelNotFound
+from llmrun.errors import BadInput, BadModelFile, BadOption, ModelNotFound
 from llmrun.ggufinfo import read_info
 from llmrun.grammar import SchemaProblem, schema_grammar
 from llmrun.options import (
@@ -73,6 +74,8 @@ def prepare(
     rpc: str | None = None,
     n_cpu_moe: int | None = None,
     lora: Sequence[str] | None = None,
+    mmproj: str | None = None,
+    vision: bool = True,
     pull: bool = True,
     progress: Any = None,
     **sampling_flags: Any,
@@ -80,7 +83,8 @@ def prepare(
     """Check every option and resolve the model; flags win over the model's models.toml params.
 
     A model that is not here yet is pulled first (`pull=False`: it is an error), reporting
-    to `progress` (see llmrun.hub.PullProgress).
+    to `progress` (see llmrun.hub.PullProgress). A vision model's projector (`mmproj`, else
+    the one stored with it) is loaded too, unless `vision=False` (text only: bench, eval).
     """
     given = {k: check_param(k, v) for k, v in sampling_flags.items() if v is not None}
     if system is not None:
@@ -102,6 +106,7 @@ def prepare(
         resolved = hub.ensure_local(model, progress=progress)
     info = read_info(resolved.path)  # a damaged file is an error here, not a crash in llama.cpp
     check_adapters(adapters, info)
+    projector = find_projector(resolved, mmproj) if vision or mmproj else None
     entry_params = dict(resolved.entry.params) if resolved.entry else {}
     params = {**entry_params, **given}
     load = check_load(
@@ -117,9 +122,34 @@ def prepare(
             rpc=parse_rpc(rpc),
             n_cpu_moe=n_cpu_moe,
             lora=adapters,
+            mmproj=projector,
         )
     )
     return Prepared(resolved, load, Sampling().merged(params), params.get("system"))
+
+
+def find_projector(resolved: ResolvedModel, mmproj: str | None) -> Path | None:
+    """The image projector to load with the model: --mmproj FILE, else the one stored with
+    it (pulled beside it); None for a text-only model."""
+    if mmproj is None:
+        return resolved.mmproj
+    path = Path(mmproj).expanduser()
+    if not path.is_file():
+        raise BadInput(f"--mmproj: no such file: {mmproj}")
+    info = read_info(path)  # a damaged file is an error here, not a crash in llama.cpp
+    if info.architecture != "clip":
+        raise BadModelFile(
+            f"--mmproj {mmproj} is not a projector (its architecture is {info.architecture})",
+            "give the model's mmproj-*.gguf file",
+        )
+    return path
+
+
+def user_message(prompt: str, images: Sequence[Image] = ()) -> dict[str, Any]:
+    """A user turn: the images (a marker each, in the content) before the text."""
+    if not images:
+        return {"role": "user", "content": prompt}
+    return {"role": "user", "content": with_markers(prompt, len(images)), "images": list(images)}
 
 
 def grammar_for(
@@ -238,6 +268,7 @@ def run(
     no_cache: bool = False,
     cache_min: int = DEFAULT_MIN_TOKENS,
     cache_size: str = DEFAULT_SIZE,
+    images: Sequence[Image] = (),
     **options: Any,
 ) -> Generation:
     """Generate an answer to `prompt`; see `prepare` for the options.
@@ -247,7 +278,8 @@ def run(
     `tools` (a file of OpenAI tool definitions) lets the model call them, as
     `tool_choice` says; `think` is auto, on or off (see README). The prompt cache
     (llmrun.promptcache) keeps prefixes of at least `cache_min` tokens, up to
-    `cache_size` in all, unless `no_cache`.
+    `cache_size` in all, unless `no_cache`. `images` go before the prompt, for a
+    model with a projector (a pulled vision model, or --mmproj FILE).
     """
     cache = None if no_cache else prompt_cache(cache_min, cache_size)
     grammar: str | Grammar | None = grammar_for(format, json_schema, grammar_file)
@@ -258,26 +290,36 @@ def run(
     if raw and (offered or chat_template):
         raise BadOption("--raw uses no chat template; drop it to use --tools or --chat-template")
     template_source = read_template_file(chat_template) if chat_template else None
-    prepared = prepare(model, system=system, **options)
+    if images and (draft or draft_model):
+        raise BadOption("--draft does not work with --image yet", "drop one of them")
+    if images:
+        cache = None  # the prompt cache keys prefixes by tokens; an image is not one
+    prepared = prepare(model, system=system, vision=bool(images), **options)
+    if images and prepared.load.mmproj is None:
+        raise BadInput(
+            f"{prepared.resolved.name} cannot read images: it has no projector",
+            "use a vision model (llmrun pull fetches its mmproj), or give --mmproj FILE",
+        )
     draft_path = prepare(draft_model).resolved.path if draft_model else None
     engine = load_model(prepared.resolved.path, prepared.load)
     reader = AnswerReader()
     if raw:
         text = ""
-        tokens = raw_tokens(engine, prompt, system=prepared.system)
+        tokens = raw_tokens(engine, with_markers(prompt, len(images)), system=prepared.system,
+                            images=images)  # fmt: skip
         whole = raw_text(prompt, system=prepared.system)
         points = prefix_points(engine, tokens, whole, prompt, parse_special=False)
     else:
         template = ChatTemplate(engine, chat_template, source=template_source)
         plan = plan_chat(
             template,
-            [{"role": "user", "content": prompt}],
+            [user_message(prompt, images)],
             tools=Tools(offered, tool_choice),
             reasoning=think,
             system=prepared.system,
         )
         text, reader = plan.prompt, plan.reader
-        tokens = engine.tokenize(text, add_special=True, parse_special=True)
+        tokens = engine.tokenize(text, add_special=True, parse_special=True, images=images)
         grammar = plan.grammar or grammar
         points = prefix_points(engine, tokens, text, prompt)
     engine.check_fits(len(tokens))

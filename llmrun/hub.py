@@ -142,15 +142,21 @@ def pull(
     force: bool = False,
     dry_run: bool = False,
     progress: PullProgress | None = None,
+    mmproj_quant: str | None = None,
 ) -> PullResult:
-    """Download MODEL (an alias or org/repo[:QUANT]) into the Hugging Face cache and store it."""
+    """Download MODEL (an alias or org/repo[:QUANT]) into the Hugging Face cache and store it.
+
+    A GGUF repo with an image projector (mmproj-*.gguf) beside the model gives that too, of
+    `mmproj_quant` (default F16); it is stored with the model, which run, chat and serve find.
+    """
     progress = progress or PullProgress()
     tgt = target(model, quant=quant, revision=revision)
-    listing, selection = _choose(tgt, token, progress)
-    for f in selection.files:
+    listing, selection = _choose(tgt, token, progress, mmproj_quant)
+    every = [*selection.files, *([selection.projector] if selection.projector else [])]
+    for f in every:
         check_safe(listing.repo, f.name)
-    on_disk = {f.name: _bytes_here(listing, f) for f in selection.files}
-    status = {f.name: _status(f, on_disk[f.name], force, listing.cached) for f in selection.files}
+    on_disk = {f.name: _bytes_here(listing, f) for f in every}
+    status = {f.name: _status(f, on_disk[f.name], force, listing.cached) for f in every}
     result = PullResult(
         name=tgt.name,
         quant=selection.quant,
@@ -158,15 +164,15 @@ def pull(
         repo=listing.repo,
         revision=listing.revision,
         commit=listing.commit,
-        files=[(f, status[f.name]) for f in selection.files],
+        files=[(f, status[f.name]) for f in every],
         path=None,
     )
     if dry_run:
         return result
-    paths = _fetch_all(listing, selection.files, token, force, on_disk, progress)
+    paths = _fetch_all(listing, every, token, force, on_disk, progress)
     result.downloaded = sum(
         (f.size or 0) - (0 if force else on_disk[f.name])
-        for f in selection.files
+        for f in every
         if status[f.name] != "cached"
     )
     result.path = _register(result, listing, selection, paths, force)
@@ -231,12 +237,14 @@ def ensure_local(
 # ---------------------------------------------------------------- listing and choosing
 
 
-def _choose(tgt: Target, token: str | None, progress: PullProgress) -> tuple[Listing, Selection]:
+def _choose(
+    tgt: Target, token: str | None, progress: PullProgress, mmproj_quant: str | None = None
+) -> tuple[Listing, Selection]:
     """The first repo of the target that has what it asks for; the GGUF repo comes first."""
     for i, repo in enumerate(tgt.repos):
         listing = list_repo(repo, tgt.revision, token=token, progress=progress)
         try:
-            return listing, select(listing, tgt.quant)
+            return listing, select(listing, tgt.quant, mmproj_quant)
         except NoSuchQuant:
             if i == len(tgt.repos) - 1:
                 raise
@@ -489,7 +497,14 @@ def _register(
     if sel.kind == "safetensors":
         return store.record_checkpoint(result.name, paths[0].parent, files=files, **where)
     quant = sel.quant or _file_quant(paths[0])
-    return store.record_gguf(result.name, quant, paths, files=files, force=force, **where)
+    projector = None
+    if sel.projector is not None:
+        f = sel.projector
+        projector = (paths[len(sel.files)], {"name": f.name, "size": f.size, "sha256": f.sha256})
+    return store.record_gguf(
+        result.name, quant, paths[: len(sel.files)], files=files, force=force,
+        projector=projector, **where,
+    )  # fmt: skip
 
 
 def _file_quant(path: Path) -> str:
@@ -500,7 +515,9 @@ def purge(manifest: Mapping[str, Any]) -> list[Path]:
     """Delete the cached download a store manifest names: snapshot links, and blobs no
     other snapshot uses. Returns what was deleted."""
     repo, commit = manifest.get("repo"), manifest.get("revision")
-    files = manifest.get("files") or []
+    files = list(manifest.get("files") or [])
+    if isinstance(manifest.get("mmproj"), dict):  # a vision model's projector, pulled with it
+        files.append(manifest["mmproj"])
     if not (isinstance(repo, str) and REPO_ID.match(repo) and _COMMIT_RE.match(str(commit))):
         return []
     folder = _repo_cache(repo)

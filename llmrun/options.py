@@ -184,6 +184,7 @@ class Load:
     rpc: tuple[str, ...] = ()  # RPC workers, host:port, whose devices take layers too
     n_cpu_moe: int | None = None  # MoE: experts of the first N blocks on the host; None: planned
     lora: tuple[Adapter, ...] = ()  # adapters applied to the context, in order
+    mmproj: Path | None = None  # an image projector GGUF loaded beside the model (images.py)
 
 
 def parse_gpu_layers(text: str) -> int | str:

@@ -6,11 +6,13 @@ three give the model the same tokens for the same input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from llmrun.templates.render import ChatTemplate, Message
 
 if TYPE_CHECKING:
+    from llmrun.engine.images import Image
     from llmrun.engine.model import Model
 
 
@@ -21,13 +23,26 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
     return messages
 
 
+def message_images(messages: list[Message]) -> list[Image]:
+    """The images the messages carry ("images": their content holds a marker for each), in
+    the order their markers appear in the rendered prompt."""
+    return [image for m in messages for image in m.get("images") or ()]
+
+
 def chat_tokens(
     model: Model, template: ChatTemplate, messages: list[Message], *, system: str | None = None
 ) -> list[int]:
     """The messages (with `system`, see with_system) through the model's chat template."""
     text = template.render(with_system(messages, system))
+    return rendered_tokens(model, text, messages)
+
+
+def rendered_tokens(model: Model, text: str, messages: list[Message]) -> list[int]:
+    """A rendered chat prompt as tokens, with the messages' images where their markers are."""
     # The template writes special tokens as text; parse them as the tokens they are.
-    return model.tokenize(text, add_special=True, parse_special=True)
+    return model.tokenize(
+        text, add_special=True, parse_special=True, images=message_images(messages)
+    )
 
 
 def raw_text(prompt: str, *, system: str | None = None) -> str:
@@ -35,9 +50,12 @@ def raw_text(prompt: str, *, system: str | None = None) -> str:
     return f"{system}\n\n{prompt}" if system else prompt
 
 
-def raw_tokens(model: Model, prompt: str, *, system: str | None = None) -> list[int]:
+def raw_tokens(
+    model: Model, prompt: str, *, system: str | None = None, images: Sequence[Image] = ()
+) -> list[int]:
     """The prompt as is (after `system` and a blank line); special-token text stays text."""
-    return model.tokenize(raw_text(prompt, system=system), add_special=True, parse_special=False)
+    text = raw_text(prompt, system=system)
+    return model.tokenize(text, add_special=True, parse_special=False, images=images)
 
 
 def last_part(prompt: str) -> int:

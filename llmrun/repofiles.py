@@ -73,14 +73,56 @@ class Selection:
     kind: str  # "gguf" or "safetensors"
     quant: str | None
     files: tuple[RemoteFile, ...]
+    projector: RemoteFile | None = None  # a vision model's mmproj-*.gguf, fetched with it
 
 
 class NoSuchQuant(BadInput):
     """The repo has GGUF files, but none of the quant asked for."""
 
 
-def select(listing: Listing, quant: str | None) -> Selection:
-    """The files to fetch: one GGUF quant (all its split parts), or a checkpoint's files."""
+# The projector quants a pull takes when --mmproj-quant does not say, best first: the
+# projector is small, and quantizing it costs more accuracy than it saves memory.
+PROJECTOR_QUANTS = ("F16", "BF16", "F32", "Q8_0")
+
+
+def select(listing: Listing, quant: str | None, projector_quant: str | None = None) -> Selection:
+    """The files to fetch: one GGUF quant (all its split parts) and the repo's image projector
+    beside it if it has one, or a checkpoint's files."""
+    selection = _select_model(listing, quant)
+    if selection.kind != "gguf":
+        return selection
+    found = select_projector(listing, selection.files[0].name, projector_quant)
+    return Selection(selection.kind, selection.quant, selection.files, found)
+
+
+def select_projector(
+    listing: Listing, model_file: str, quant: str | None = None
+) -> RemoteFile | None:
+    """The mmproj-*.gguf in the model file's folder, of `quant` (default: PROJECTOR_QUANTS
+    in order); None when the repo has none. NoSuchQuant when `quant` is not there."""
+    folder = PurePosixPath(model_file).parent
+    found = [
+        f
+        for f in listing.files
+        if PurePosixPath(f.name).parent == folder
+        and fnmatch.fnmatch(PurePosixPath(f.name).name.lower(), "mmproj*.gguf")
+    ]
+    if not found:
+        return None
+    for want in (quant.upper(),) if quant else PROJECTOR_QUANTS:
+        hits = sorted((f for f in found if has_quant(f.name, want)), key=lambda f: f.name)
+        if hits:
+            return hits[0]
+    if quant is None:
+        return sorted(found, key=lambda f: f.name)[0]  # an unnamed quant: the one there is
+    available = ", ".join(sorted({q for f in found if (q := quant_in(f.name))}))
+    raise NoSuchQuant(
+        f"{_where(listing)}{listing.repo} has no {quant.upper()} projector (mmproj)",
+        f"available: {available or _names(found)}",
+    )
+
+
+def _select_model(listing: Listing, quant: str | None) -> Selection:
     ggufs = [
         f
         for f in listing.files

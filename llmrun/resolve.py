@@ -37,6 +37,7 @@ class ResolvedModel:
     entry: ModelEntry | None  # the models.toml entry: per-model params and context
     origin: str = "file"  # "file", "store" or "demo"
     stored: StoredModel | None = None
+    mmproj: Path | None = None  # the image projector stored with it (a pulled vision model)
 
 
 def demo_gguf() -> Path | None:
@@ -140,7 +141,9 @@ def _from_file(path: Path) -> ResolvedModel:
 
 
 def _from_store(model: StoredModel, entry: ModelEntry | None) -> ResolvedModel:
-    return ResolvedModel(model.path, model.name, model.quant, entry, "store", model)
+    return ResolvedModel(
+        model.path, model.name, model.quant, entry, "store", model, mmproj=model.mmproj
+    )
 
 
 def _from_alias(entry: ModelEntry, quant: str | None) -> ResolvedModel:

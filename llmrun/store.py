@@ -36,6 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TMP_MARK = ".tmp-"  # temporary files: ".<final name>.tmp-<random>"
 # Parts 2..N of a split GGUF: the model is its part 1, which llama.cpp opens.
 _LATER_PART = re.compile(r"-(?!0*1-)\d{5}-of-\d{5}\.gguf$")
+PROJECTOR_PREFIX = "mmproj-"  # an image projector GGUF, stored beside its model
 
 
 def home() -> Path:
@@ -267,9 +268,13 @@ def record_gguf(
     ref: str,
     files: list[dict[str, Any]],
     force: bool,
+    projector: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
     """Store pulled GGUF files (a model, or the parts of a split one) as links to the
-    Hugging Face cache, with a manifest beside part 1; returns part 1's store path."""
+    Hugging Face cache, with a manifest beside part 1; returns part 1's store path.
+
+    `projector`: a vision model's mmproj GGUF (its cached path and what the Hub says of it),
+    linked beside the model as mmproj-<name>-<QUANT>.gguf and named in the manifest."""
     first = model_path(name, quant)
     n = len(cached)
     # Split parts keep llama.cpp's naming, which is how it finds parts 2..n from part 1.
@@ -283,6 +288,12 @@ def record_gguf(
             _check_replaceable(dests[0], repo, f"{name}:{quant}", force)
             for src, dest in zip(cached, dests, strict=True):
                 _link(src.resolve(), dest)
+            extra: dict[str, Any] = {}
+            if projector is not None:
+                src, remote = projector
+                link = first.with_name(f"{PROJECTOR_PREFIX}{first.name}")
+                _link(src.resolve(), link)
+                extra["mmproj"] = {**remote, "file": link.name}
             write_manifest(
                 dests[0],
                 name=name,
@@ -294,6 +305,7 @@ def record_gguf(
                 files=files,
                 parts=[d.name for d in dests[1:]],
                 total_size=sum(f["size"] or 0 for f in files),
+                **extra,
             )
     except OSError as e:
         raise StoreError(f"cannot write to the llmrun store: {e.strerror or e}") from None
@@ -406,6 +418,20 @@ class StoredModel:
         repo = self.manifest.get("repo")
         return repo if isinstance(repo, str) else None
 
+    @property
+    def mmproj(self) -> Path | None:
+        """The image projector stored beside it (manifest "mmproj"), when it has one."""
+        name = self.manifest.get("mmproj")
+        if not isinstance(name, dict) or not isinstance(name.get("file"), str):
+            return None
+        path = self.path.parent / Path(name["file"]).name
+        return path if path.is_file() else None
+
+
+def is_projector(path: Path) -> bool:
+    """An image projector stored beside its model (mmproj-*.gguf), not a model of its own."""
+    return path.name.lower().startswith(PROJECTOR_PREFIX)
+
 
 def list_models() -> list[StoredModel]:
     """Every GGUF in the store, by name then quant; skips temporary and unreadable files."""
@@ -419,7 +445,7 @@ def list_models() -> list[StoredModel]:
         for path in sorted(folder.glob("*.gguf")):
             if path.name.startswith(".") or is_temporary(path):
                 continue  # a write in progress, or one that died
-            if _LATER_PART.search(path.name):
+            if _LATER_PART.search(path.name) or is_projector(path):
                 continue
             model = _stored(folder.name, path)
             if model is not None:
@@ -488,6 +514,8 @@ def remove(model: StoredModel) -> None:
             for part in model.manifest.get("parts") or []:  # a split GGUF's other files
                 if isinstance(part, str) and _LATER_PART.search(part) and "/" not in part:
                     model.path.with_name(part).unlink(missing_ok=True)
+            if model.mmproj is not None:  # its image projector
+                model.mmproj.unlink(missing_ok=True)
             manifest_path(model.path).unlink(missing_ok=True)
         # Small race: a writer that takes the lock now recreates the lock file.
         Path(str(model.path) + ".lock").unlink(missing_ok=True)

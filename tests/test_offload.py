@@ -251,3 +251,15 @@ def test_n_cpu_moe_loads_a_real_moe_model_on_cpu(tiny_moe: Path, llmrun) -> None
     ]
     bad = llmrun("run", str(tiny_moe), "hi", "--n-cpu-moe", "-1")
     assert bad.code == 2 and bad.stderr == "error: --n-cpu-moe must be >= 0, got -1\n"
+
+
+def test_a_projector_takes_room_on_the_first_gpu() -> None:
+    """reserve(): the projector's bytes leave the first device's budget, the others alone."""
+    from llmrun.engine.offload import reserve
+
+    gpus = [Device("GPU0", 8 * GIB, 16 * GIB), Device("GPU1", 8 * GIB, 16 * GIB)]
+    taken = reserve(gpus, 3 * GIB)
+    assert [d.free for d in taken] == [5 * GIB, 8 * GIB]
+    assert taken[0].budget == gpus[0].budget - 3 * GIB
+    assert reserve(gpus, 0) == gpus and reserve([], GIB) == []
+    assert reserve(gpus, 100 * GIB)[0].free == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shlex
 import shutil
 import sys
@@ -25,6 +26,7 @@ from rich.markup import escape
 from llmrun import store
 from llmrun.chat.session import ChatSession, Reply, saved_chats
 from llmrun.engine import Stats
+from llmrun.engine.images import Image, read_image_file
 from llmrun.errors import BadInput, BadOption, LlmrunError
 from llmrun.options import FLAG_NAMES, PARAM_TYPES, SAMPLING_CHECKS, spellings
 
@@ -34,6 +36,31 @@ BLOCK = '"""'
 LEAVE_HINT = "Use Ctrl-D or /bye to exit"  # Ctrl-C at an empty prompt: what leaves
 HISTORY_FILE = "chat_history"
 HISTORY_SIZE = 1000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+# A path in a message: quoted, or a run of non-spaces (and backslash-escaped spaces, as a
+# terminal writes a dragged file's path), ending in an image suffix.
+_IMAGE_PATH = re.compile(r"""'([^']+)'|"([^"]+)"|((?:\\ |[^\s'"])+)""", re.IGNORECASE)
+
+
+def split_image_paths(text: str) -> tuple[str, list[Path]]:
+    """The message without the paths of existing image files in it, and those paths: a file
+    dragged into the terminal attaches the image, as in Ollama."""
+    paths: list[Path] = []
+
+    def take(match: re.Match[str]) -> str:
+        word = next(g for g in match.groups() if g is not None)
+        tail = ""
+        if match.group(3) is not None:  # unquoted: punctuation after it is the sentence's
+            stripped = word.rstrip("?!.,;:)")
+            word, tail = stripped, word[len(stripped) :]
+        path = Path(word.replace("\\ ", " ")).expanduser()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            paths.append(path)
+            return tail
+        return match.group(0)
+
+    rest = _IMAGE_PATH.sub(take, text)
+    return (" ".join(rest.split()) if paths else text), paths
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,7 @@ class Repl:
         self.verbose = verbose
         self.read = LineReader(store.home() / HISTORY_FILE)
         self.out = Console(highlight=False, emoji=False)  # stdout, for Markdown
+        self.images: list[Image] = []  # attached with /image, sent with the next message
 
     def loop(self) -> None:
         n_ctx = self.session.model.n_ctx
@@ -140,15 +168,27 @@ class Repl:
         )
         while (text := self.read_message()) is not None:
             try:
-                if text.startswith("/") and "\n" not in text:
+                if text.startswith("/") and "\n" not in text and not self.is_dragged(text):
                     if self.command(text):
                         return
                 elif text.strip():
-                    self.show(self.session.send(text.strip()))
+                    self.send(text.strip())
             except LlmrunError as e:
                 self.term.error(str(e))
             except KeyboardInterrupt:  # during a command: stop it, keep the chat
                 sys.stdout.write("\n")
+
+    def is_dragged(self, text: str) -> bool:
+        """A line that starts with an image file's path (dragged in) is a message."""
+        return bool(split_image_paths(text.split(" ", 1)[0])[1])
+
+    def send(self, text: str) -> None:
+        """Send a message with the images attached to it (/image, or paths in the text)."""
+        text, paths = split_image_paths(text)
+        images = [*self.images, *(read_image_file(p) for p in paths)]
+        reply = self.session.send(text, images)
+        self.images = []
+        self.show(reply)
 
     def read_message(self) -> str | None:
         """The next message or command; None to leave (Ctrl-D).
@@ -294,6 +334,18 @@ class Repl:
         note = f" (saved with {data['model']})" if data.get("model") != self.session.name else ""
         self.term.notice(f"loaded {len(self.session.messages)} messages from {arg}{note}")
 
+    def cmd_image(self, arg: str) -> None:
+        if not arg:
+            raise BadInput("usage: /image PATH")
+        if self.session.model.images is None:
+            raise BadInput(
+                f"{self.session.name} cannot read images: it has no projector",
+                "chat with a vision model, or give its projector with --mmproj FILE",
+            )
+        path = Path(arg.strip("'\"").replace("\\ ", " ")).expanduser()
+        self.images.append(read_image_file(path))
+        self.term.notice(f"attached {path.name}: it goes with your next message")
+
     def cmd_retry(self, _: str) -> None:
         self.show(self.session.retry())
 
@@ -324,6 +376,7 @@ COMMANDS: dict[str, Command] = {
     "/save": Command(Repl.cmd_save, "save the conversation to LLMRUN_HOME/chats/NAME.json", "NAME"),
     "/load": Command(Repl.cmd_load, "load a saved conversation (alone: list them)", "NAME"),
     "/retry": Command(Repl.cmd_retry, "generate the last reply again"),
+    "/image": Command(Repl.cmd_image, "attach an image to the next message", "PATH"),
     "/stats": Command(
         Repl.cmd_stats, "prompt tokens, time to first token, tokens/s of the last reply"
     ),

@@ -12,19 +12,21 @@ stays); they remain in `messages` and in saved files.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmrun import store
 from llmrun.engine import Model, Stats
+from llmrun.engine.images import MARKER, Image, image_from_base64, with_markers
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
-from llmrun.prompt import prefix_points
+from llmrun.prompt import message_images, prefix_points
 from llmrun.templates.reasoning import prompt_opens_thinking, template_thinks
 from llmrun.templates.render import ChatTemplate, Message
 from llmrun.templates.stream import AnswerReader, AnswerStream, Delta
@@ -129,9 +131,18 @@ class ChatSession:
 
     # ------------------------------------------------------------ turns
 
-    def send(self, text: str) -> Reply:
-        """Add a user message and start the reply; ContextOverflow when it cannot fit at all."""
-        self.messages.append({"role": "user", "content": text})
+    def send(self, text: str, images: Sequence[Image] = ()) -> Reply:
+        """Add a user message (with `images` before its text) and start the reply;
+        ContextOverflow when it cannot fit at all."""
+        message: Message = {"role": "user", "content": with_markers(text, len(images))}
+        if images:
+            if self.model.images is None:
+                raise BadInput(
+                    f"{self.name} cannot read images: it has no projector",
+                    "chat with a vision model, or give its projector with --mmproj FILE",
+                )
+            message["images"] = list(images)
+        self.messages.append(message)
         try:
             return self._reply()
         except BaseException:
@@ -180,7 +191,7 @@ class ChatSession:
             "system": self.system,
             "options": self.options(),
             "start": self.start,
-            "messages": self.messages,
+            "messages": [_saved(m) for m in self.messages],
         }
 
     def save(self, name: str) -> Path:
@@ -223,7 +234,8 @@ class ChatSession:
 
     def _stream(self, reply: Reply, tokens: list[int]) -> Iterator[Delta]:
         prefixes = None
-        if self.cache is not None and not self.model.n_cached:  # the first turn, or after /clear
+        images = any(t < 0 for t in tokens)  # the prompt cache keeps text prefixes only
+        if self.cache is not None and not self.model.n_cached and not images:  # a first turn
             text, user = self._base[0], self.messages[-2]["content"]
             prefixes = self.cache.for_prompt(prefix_points(self.model, tokens, text, user))
         stream = self.model.generate(tokens, self.sampling, store=prefixes)
@@ -255,18 +267,26 @@ class ChatSession:
 
     def _window(self, start: int) -> list[Message]:
         head = [{"role": "system", "content": self.system}] if self.system is not None else []
-        return head + [{"role": m["role"], "content": m["content"]} for m in self.messages[start:]]
+        keys = ("role", "content", "images")
+        return head + [{k: m[k] for k in keys if k in m} for m in self.messages[start:]]
 
     def _render(self, start: int) -> tuple[str, list[int]]:
-        text = self.template.render(self._window(start), **self.template_kwargs)
-        return text, self._tokens(text)
+        window = self._window(start)
+        text = self.template.render(window, **self.template_kwargs)
+        return text, self._tokens(text, message_images(window))
 
-    def _tokens(self, text: str) -> list[int]:
-        """The prompt's tokens: those the engine saw last turn, then the new text tokenized."""
+    def _tokens(self, text: str, images: Sequence[Image] = ()) -> list[int]:
+        """The prompt's tokens: those the engine saw last turn, then the new text tokenized.
+
+        `images`: those of the window, in order; the new text holds the last of them."""
         model = self.model
+
+        def whole() -> list[int]:
+            return model.tokenize(text, add_special=True, parse_special=True, images=images)
+
         base_text, base_tokens = self._base
         if not base_tokens or not text.startswith(base_text):
-            return model.tokenize(text, add_special=True, parse_special=True)
+            return whole()
         rest = text[len(base_text) :].encode("utf-8")
         tokens = list(base_tokens)
         used = 0
@@ -278,10 +298,12 @@ class ChatSession:
             used += len(piece)
         while used < len(rest) and rest[used] & 0xC0 == 0x80:  # inside a character: back off
             used -= len(model.piece(tokens.pop()))
-        tail = model.tokenize(rest[used:].decode("utf-8"), add_special=False, parse_special=True)
-        if self._space_prefix and tail and model.piece(tail[0]):
+        new = rest[used:].decode("utf-8")
+        own = images[len(images) - new.count(MARKER) :] if MARKER in new else ()
+        tail = model.tokenize(new, add_special=False, parse_special=True, images=own)
+        if self._space_prefix and tail and tail[0] >= 0 and model.piece(tail[0]):
             # The tail starts with text, which such a vocabulary would prefix with a space.
-            return model.tokenize(text, add_special=True, parse_special=True)
+            return whole()
         return tokens + tail
 
     def _fit(self) -> tuple[str, list[int], int]:
@@ -311,6 +333,14 @@ class ChatSession:
         return None
 
 
+def _saved(message: Message) -> Message:
+    """A message as a saved chat holds it: its images as base64 strings."""
+    if not message.get("images"):
+        return message
+    images = [base64.b64encode(image.data).decode("ascii") for image in message["images"]]
+    return {**message, "images": images}
+
+
 def _check_saved(data: Any, where: str) -> tuple[list[Message], str | None, dict[str, Any], int]:
     def bad(why: str) -> BadInput:
         return BadInput(f"{where} is not a saved chat: {why}")
@@ -326,11 +356,17 @@ def _check_saved(data: Any, where: str) -> tuple[list[Message], str | None, dict
             not isinstance(m, dict)
             or m.get("role") not in ROLES
             or not isinstance(m.get("content"), str)
-            or not set(m) <= {"role", "content", "interrupted"}
+            or not set(m) <= {"role", "content", "interrupted", "images"}
             or not isinstance(m.get("interrupted", True), bool)
         ):
             raise bad(f"message {i} must have a role (user or assistant) and a content string")
-        messages.append(dict(m))
+        message = dict(m)
+        if "images" in m:
+            images = m["images"]
+            if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+                raise bad(f"message {i}: images must be a list of base64 strings")
+            message["images"] = [image_from_base64(x, f"{where}: message {i}") for x in images]
+        messages.append(message)
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise bad("system must be a string or null")

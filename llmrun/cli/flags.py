@@ -199,6 +199,15 @@ LoraOpt = Annotated[
         show_default=False,
     ),
 ]
+MmprojOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mmproj",
+        metavar="FILE",
+        help="The model's image projector GGUF (mmproj); a pulled vision model finds its own.",
+        show_default=False,
+    ),
+]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")]
 ChatTemplateOpt = Annotated[
     Path | None,
@@ -265,6 +274,7 @@ class GenerationOptions:
     rpc: str | None = None
     n_cpu_moe: int | None = None
     lora: list[str] | None = None
+    mmproj: str | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The keywords the library takes for sampling (temp=..., stop=...)."""
@@ -299,6 +309,7 @@ FLAG_PARAMS: dict[str, Any] = {
     "rpc": RpcOpt,
     "n_cpu_moe": NCpuMoeOpt,
     "lora": LoraOpt,
+    "mmproj": MmprojOpt,
 }
 ALL_FLAGS = tuple(FLAG_PARAMS)
 
@@ -339,6 +350,16 @@ def generation_options(
     return decorate
 
 
+ImageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        metavar="FILE",
+        help="An image for the model to look at (JPEG, PNG, WebP, GIF, BMP); `-` reads it "
+        "from stdin; repeatable. Needs a vision model.",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[
     bool,
     typer.Option("-q", "--quiet", help="Nothing on stderr but errors: no progress, no notes."),

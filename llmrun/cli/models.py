@@ -157,6 +157,8 @@ def show_cmd(
         "bos_token_id": info.bos_token_id,
         "eos_token_id": info.eos_token_id,
         "chat_template": info.chat_template,
+        "vision": found.mmproj is not None,
+        "mmproj": str(found.mmproj) if found.mmproj else None,
         "metadata": info.metadata,
     }
     if json:
@@ -173,6 +175,7 @@ def show_cmd(
             ("quant", info.quant),
             ("vocabulary", info.vocab_size),
             ("chat template", f"yes ({len(tmpl)} chars; --template prints it)" if tmpl else "no"),
+            ("vision", f"yes ({found.mmproj.name})" if found.mmproj else "no"),
             ("license", info.license),
             ("source", data["source"]),
             ("size", human_size(info.size)),

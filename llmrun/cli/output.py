@@ -64,7 +64,12 @@ def print_stats(stats: Stats) -> None:
         + (f" ({stats.restored_tokens} from the prompt cache)" if stats.restored_tokens else "")
         + " | "
         f"generation {stats.gen_tokens} tokens, {stats.gen_tps:.1f} tokens/s"
-        + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else ""),
+        + (f" | draft {stats.accepted}/{stats.drafted} kept" if stats.drafted else "")
+        + (
+            f" | {stats.images_encoded} image(s) encoded in {stats.image_seconds * 1e3:.0f} ms"
+            if stats.images_encoded
+            else ""
+        ),
         style="dim",
     )
 

@@ -35,6 +35,14 @@ QuantOpt = Annotated[
         "--quant", help="Which GGUF quant, e.g. Q4_K_M (same as MODEL:QUANT).", show_default=False
     ),
 ]
+MmprojQuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mmproj-quant",
+        help="A vision model's image projector (mmproj) quant. [default: F16]",
+        show_default=False,
+    ),
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
@@ -54,6 +62,7 @@ def pull_cmd(
     model: PullModelArg,
     revision: RevisionOpt = None,
     quant: QuantOpt = None,
+    mmproj_quant: MmprojQuantOpt = None,
     token: TokenOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
@@ -61,11 +70,13 @@ def pull_cmd(
 ) -> None:
     """Download a model from the Hugging Face Hub into its cache and add it to the store.
 
-    A GGUF repo gets only the chosen quant; a checkpoint, what conversion needs.
+    A GGUF repo gets only the chosen quant (and a vision model's image projector, mmproj-*.gguf,
+    beside it); a checkpoint, what conversion needs.
     An interrupted pull resumes. The stored path goes to stdout.
 
     Examples: llmrun pull smollm2-135m
     llmrun pull bartowski/SmolLM2-135M-Instruct-GGUF:Q8_0
+    llmrun pull ggml-org/gemma-3-4b-it-GGUF --mmproj-quant Q8_0
     """
     from llmrun import hub  # loads huggingface_hub: only for the commands that use it
 
@@ -76,6 +87,7 @@ def pull_cmd(
             model,
             revision=revision,
             quant=quant,
+            mmproj_quant=mmproj_quant,
             token=token,
             force=force,
             dry_run=dry_run,

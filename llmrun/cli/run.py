@@ -22,6 +22,7 @@ from llmrun.cli.flags import (
     GenerationOptions,
     GrammarFileOpt,
     HideThinkingOpt,
+    ImageOpt,
     JsonSchemaOpt,
     NoCacheOpt,
     NoPullOpt,
@@ -42,6 +43,7 @@ from llmrun.resolve import resolve_model
 
 if TYPE_CHECKING:
     from llmrun import generation
+    from llmrun.engine.images import Image
 
 # What a model name can look like: a path, name[:QUANT], org/repo[:QUANT].
 MODEL_SHAPE = re.compile(r"^[\w.\-/:~]+$")
@@ -110,6 +112,20 @@ def read_prompt(words: list[str]) -> str:
     return prompt
 
 
+def read_images(specs: list[str]) -> list[Image]:
+    """The --image files, checked; `-` is the image's bytes on stdin (once)."""
+    from llmrun.engine.images import image_from_bytes, read_image_file
+
+    if specs.count(STDIN_MARK) > 1:
+        raise BadInput("--image - (stdin) can be given only once")
+    return [
+        image_from_bytes(sys.stdin.buffer.read(), "on stdin")
+        if spec == STDIN_MARK
+        else read_image_file(Path(spec).expanduser())
+        for spec in specs
+    ]
+
+
 def write_answer(answer: generation.Generation, show_thinking: bool) -> None:
     """The answer on stdout; thinking on stderr (dim); each tool call as a JSON line."""
     out = sys.stdout
@@ -162,6 +178,7 @@ def run_command(
     draft: DraftOpt = None,
     draft_model: DraftModelOpt = None,
     chat_template: ChatTemplateOpt = None,
+    image: ImageOpt = None,
     tools: ToolsOpt = None,
     tool_choice: ToolChoiceOpt = "auto",
     think: ThinkOpt = "auto",
@@ -183,12 +200,15 @@ def run_command(
     Examples: llmrun run "Why is the sky blue?"
     cat notes.txt | llmrun run smollm2-135m "Summarize:"
     for f in *.txt; do llmrun run --system "$(cat rubric.md)" < "$f"; done
+    llmrun run gemma3-4b --image photo.jpg "What is in this picture?"
     """
     from llmrun import generation  # loads llama.cpp: only when the command runs
 
     quiet_stderr(quiet, options.verbose)
 
     if batch is not None or output is not None or parallel is not None:
+        if image:
+            raise BadInput("--image does not go with --batch", "run each image on its own")
         return batch_command(
             args or [],
             options,
@@ -202,7 +222,13 @@ def run_command(
             pull=not no_pull,
         )
     model, words = split_model_and_prompt(args or [], pull=not no_pull)
-    prompt = read_prompt(words)
+    images = read_images(image or [])
+    if STDIN_MARK in (image or []):  # stdin held the image: the prompt is the words
+        prompt = " ".join(w for w in words if w != STDIN_MARK)
+        if not prompt:
+            raise BadInput("--image - reads the image from stdin", "give the prompt as arguments")
+    else:
+        prompt = read_prompt(words)
     note_cpu_only(options.n_gpu_layers, options.rpc)
     answer = generation.run(
         model,
@@ -221,6 +247,7 @@ def run_command(
         no_cache=no_cache,
         cache_min=cache_min,
         cache_size=cache_size,
+        images=images,
         **options.library(),
         pull=not no_pull,
         progress=progress_for_stderr(),

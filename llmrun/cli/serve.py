@@ -121,6 +121,13 @@ LogFormatOpt = Annotated[
 LogPromptsOpt = Annotated[
     bool, typer.Option("--log-prompts", help="Put each prompt's text in the access log too.")
 ]
+AllowImageUrlsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-image-urls",
+        help="Fetch http(s) image URLs in requests (20 MiB, 10 s each); off: data: URLs only.",
+    ),
+]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -156,6 +163,7 @@ def serve_command(
     metrics: MetricsOpt = False,
     log_format: LogFormatOpt = None,
     log_prompts: LogPromptsOpt = False,
+    allow_image_urls: AllowImageUrlsOpt = False,
     options: GenerationOptions = GenerationOptions(),  # filled by @generation_options
     no_pull: NoPullOpt = False,
     quiet: QuietOpt = False,
@@ -167,6 +175,7 @@ def serve_command(
     The flags set the defaults; each request's own fields win.
     Examples: llmrun serve; llmrun serve smollm2-135m --port 8000 -np 8 -c 16384
     llmrun serve -q --log-format json 2>> access.log
+    llmrun serve gemma3-4b --allow-image-urls
     """
     from llmrun.server import INSTALL_HINT, missing_extra
 
@@ -196,6 +205,7 @@ def serve_command(
         metrics=metrics,
         log_format=log_format or ("off" if quiet else "text"),
         log_prompts=log_prompts,
+        allow_image_urls=allow_image_urls,
         announce=_announce,
         quiet=quiet,
         **options.library(),

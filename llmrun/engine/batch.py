@@ -34,10 +34,11 @@ import llama_cpp
 import numpy as np
 
 from llmrun.engine import rpc
+from llmrun.engine.images import image_start
 from llmrun.engine.model import N_UBATCH, Model, decode_batch, put_token
 from llmrun.engine.sampling import Grammar, Sampler, build_sampler
 from llmrun.engine.text import StopFilter, Utf8Stream
-from llmrun.errors import ContextOverflow, EngineStopped, WorkerError
+from llmrun.errors import BadInput, ContextOverflow, EngineStopped, WorkerError
 from llmrun.options import Load, Sampling
 
 MIN_SHARED_PREFIX = 8  # below this, copying cells saves less than it costs to think about
@@ -254,6 +255,8 @@ class BatchEngine:
                 f"holds {self.slot_ctx}",
                 "raise -c/--ctx-size, lower --parallel, or shorten the prompt",
             )
+        if tokens[-1] < 0:
+            raise BadInput("the prompt ends with an image", "put text after the image")
         if self._draining or not self._running:
             raise EngineStopped("the engine is not running")
         handle = Handle(tokens, sampling, build_sampler(self.model, sampling, grammar), extras)
@@ -352,6 +355,7 @@ class BatchEngine:
             if n > shared:
                 source, shared = other, n
         shared = min(shared, len(tokens) - 1)  # the last prompt token is always evaluated
+        shared = image_start(tokens, shared)  # and an image is evaluated whole or not at all
         if shared < MIN_SHARED_PREFIX or not self.prefix_cache or handle.extras.echo:
             shared = 0  # echo: every prompt token's logits are wanted
         if source is not slot and shared:
@@ -412,7 +416,9 @@ class BatchEngine:
                 room = min(room, ECHO_CHUNK)
             if not slot.pending or room <= 0:
                 continue
-            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
+            self._images_first(slot)
+            text = next((i for i, t in enumerate(slot.pending) if t < 0), len(slot.pending))
+            chunk, slot.pending = slot.pending[: min(room, text)], slot.pending[min(room, text) :]
             if echo:
                 echoes.append((slot, n, len(slot.cached)))
             for i, tok in enumerate(chunk):
@@ -437,6 +443,24 @@ class BatchEngine:
                     self._sample(slot)
                 else:
                     self._finish(slot, "length")
+
+    def _images_first(self, slot: _Slot) -> None:
+        """Evaluate the images the slot's pending prompt starts with, each on its own (the
+        projector decodes an image's embeddings in batches of its own)."""
+        images = self.model.images
+        while slot.pending and slot.pending[0] < 0 and images is not None:
+            token = slot.pending[0]
+            end = next((i for i, t in enumerate(slot.pending) if t != token), len(slot.pending))
+            with self.model.decode_lock:
+                images.decode_run(
+                    self.model.ctx,
+                    slot.pending[:end],
+                    len(slot.cached),
+                    slot.seq_id,
+                    self.model.n_batch,
+                )
+            slot.cached += slot.pending[:end]
+            slot.pending = slot.pending[end:]
 
     def _row(self, i: int) -> np.ndarray:
         """The logits of batch index i, as a view (no copy)."""

@@ -18,7 +18,7 @@ _LEVEL_CONT = 5
 
 # A graph build alone logs hundreds of lines; keep enough to span one load.
 _recent: deque[tuple[int, str]] = deque(maxlen=5000)
-_state = {"verbose": False, "installed": False, "last_level": 0, "count": 0}
+_state = {"verbose": False, "installed": False, "mtmd": False, "last_level": 0, "count": 0}
 
 
 @llama_cpp.llama_log_callback
@@ -40,6 +40,15 @@ def install(verbose: bool = False) -> None:
     if not _state["installed"]:
         llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
         _state["installed"] = True
+
+
+def route_mtmd() -> None:
+    """Route the multimodal library's logs (it has its own logger) through us too."""
+    if not _state["mtmd"]:
+        from llama_cpp import mtmd_cpp
+
+        mtmd_cpp.mtmd_helper_log_set(_on_log, ctypes.c_void_p(0))
+        _state["mtmd"] = True
 
 
 def last_error(default: str = "") -> str:

@@ -22,6 +22,7 @@ import llama_cpp
 from llmrun.adapters import describe as describe_adapters
 from llmrun.cpus import default_threads
 from llmrun.engine import logs, rpc, system
+from llmrun.engine.images import MARKER, Image, Projector, image_start, runs
 from llmrun.engine.offload import (
     CONTEXT_STEP,
     Device,
@@ -31,11 +32,12 @@ from llmrun.engine.offload import (
     experts_pattern,
     host_available,
     plan_offload,
+    reserve,
 )
 from llmrun.engine.sampling import Grammar, Sampler, build_sampler
 from llmrun.engine.speculative import Drafter, verify
 from llmrun.engine.text import StopFilter, Utf8Stream
-from llmrun.errors import BadModelFile, ContextOverflow, EngineError
+from llmrun.errors import BadInput, BadModelFile, ContextOverflow, EngineError
 from llmrun.ggufinfo import read_info
 from llmrun.options import DEFAULT_CTX, Adapter, Load, Sampling
 
@@ -79,6 +81,8 @@ class Stats:
     stop_reason: str = ""  # "eos", "length", "stop", "context"
     drafted: int = 0  # speculative decoding: tokens guessed
     accepted: int = 0  # and kept
+    images_encoded: int = 0  # images run through the vision encoder for this prompt
+    image_seconds: float = 0.0  # the time that took (part of prompt_seconds)
 
     @property
     def prompt_tps(self) -> float:
@@ -155,6 +159,8 @@ def plan_for(path: Path, load: Load) -> Plan:
     ctx = load.ctx_size or min(DEFAULT_CTX, shape.n_ctx_train or DEFAULT_CTX)
     ctx = -(-ctx // CONTEXT_STEP) * CONTEXT_STEP  # llama.cpp pads it
     devices = gpu_devices() if llama_cpp.llama_supports_gpu_offload() else []
+    if load.mmproj is not None and devices:  # mtmd puts the projector on the first GPU
+        devices = reserve(devices, projector_bytes(load.mmproj))
     plan = plan_offload(
         shape,
         devices,
@@ -166,6 +172,14 @@ def plan_for(path: Path, load: Load) -> Plan:
     )
     check_host_context(plan, shape, host_available(), load.cache_type_k, load.cache_type_v)
     return plan
+
+
+def projector_bytes(path: Path) -> int:
+    """What a projector takes on the GPU: its weights, and as much again to encode with."""
+    try:
+        return 2 * path.stat().st_size
+    except OSError:
+        return 0
 
 
 class Model:
@@ -186,6 +200,7 @@ class Model:
         self._adapters: list[llama_cpp.llama_adapter_lora_p] = []
         self._scales: tuple[float, ...] = ()  # the adapters' scales on the context now
         self._cached: list[int] = []  # tokens whose K/V are in the context, in order
+        self.images: Projector | None = None  # with load.mmproj: prompts may hold images
         started = time.perf_counter()
         logs.install(load.verbose)
         if not _backend["ready"]:
@@ -239,6 +254,8 @@ class Model:
             )
         if load.lora:
             self._apply_adapters(load.lora)
+        if load.mmproj is not None:
+            self._load_projector(load.mmproj)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = cparams.n_batch
@@ -250,6 +267,21 @@ class Model:
         if load.rpc:
             rpc.harden()  # the connections the loaded model holds now exist
         self.stats.load_seconds = time.perf_counter() - started
+
+    def _load_projector(self, path: Path) -> None:
+        n_embd_inp = getattr(llama_cpp, "llama_model_n_embd_inp", llama_cpp.llama_model_n_embd)
+        try:
+            self.images = Projector(
+                path,
+                self._model,
+                n_embd=n_embd_inp(self._model),
+                n_threads=self.n_threads,
+                use_gpu=self.plan.n_gpu_layers > 0,
+                verbose=self.load_options.verbose,
+            )
+        except Exception:
+            self.close()
+            raise
 
     def _apply_adapters(self, adapters: Sequence[Adapter]) -> None:
         """Load each LoRA adapter for this model and set them, scaled, on the context."""
@@ -287,6 +319,9 @@ class Model:
     # ------------------------------------------------------------ lifetime
 
     def close(self) -> None:
+        if self.images is not None:
+            self.images.close()
+            self.images = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -334,8 +369,25 @@ class Model:
     # ------------------------------------------------------------ vocabulary
 
     def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = False
+        self,
+        text: str,
+        *,
+        add_special: bool = True,
+        parse_special: bool = False,
+        images: Sequence[Image] = (),
     ) -> list[int]:
+        """Token ids of `text`; with `images` (one marker each in the text, see images.py),
+        each image as its run of image tokens."""
+        if images:
+            if self.images is None:
+                raise BadInput(
+                    f"{self.path.name} cannot read images: it has no projector",
+                    "use a vision model, or give its projector with --mmproj FILE",
+                )
+            tokens = self.images.tokenize(
+                text, images, add_special=add_special, parse_special=parse_special
+            )
+            return self._single_bos(tokens)
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
@@ -348,7 +400,9 @@ class Model:
             n = llama_cpp.llama_tokenize(
                 self._vocab, data, len(data), buf, capacity, add_special, parse_special
             )
-        tokens = list(buf[:n])
+        return self._single_bos(list(buf[:n]))
+
+    def _single_bos(self, tokens: list[int]) -> list[int]:
         bos = self.bos
         # A chat template that writes the BOS text itself, tokenized with add_special, gives two.
         if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:
@@ -365,6 +419,12 @@ class Model:
         return self._piece_buf.raw[:n]
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        """The text of `tokens`; an image (images.py) reads as its marker."""
+        if any(t < 0 for t in tokens):
+            return "".join(
+                MARKER if tokens[a] < 0 else self.detokenize(tokens[a:b], special)
+                for a, b in runs(tokens)
+            )
         return b"".join(self.piece(t, special) for t in tokens).decode("utf-8", errors="replace")
 
     @property
@@ -415,7 +475,25 @@ class Model:
         return len(self._cached)
 
     def decode(self, tokens: list[int], all_logits: bool = False) -> None:
-        """Evaluate tokens after the cached ones, logits for the last one (or all)."""
+        """Evaluate tokens after the cached ones, logits for the last one (or all).
+
+        An image's run of tokens (images.py) is evaluated by the projector, in one piece.
+        """
+        if self.images is None:
+            self._decode_text(tokens, all_logits)
+            return
+        for start, end in runs(tokens):
+            if tokens[start] >= 0:
+                self._decode_text(tokens[start:end], all_logits)
+                continue
+            before = (self.images.encoded, self.images.encode_seconds)
+            run = tokens[start:end]
+            self.images.decode_run(self._ctx, run, len(self._cached), 0, self.n_batch)
+            self.stats.images_encoded += self.images.encoded - before[0]
+            self.stats.image_seconds += self.images.encode_seconds - before[1]
+            self._cached.extend(tokens[start:end])
+
+    def _decode_text(self, tokens: list[int], all_logits: bool = False) -> None:
         batch = self._batch
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset : offset + self.n_batch]
@@ -436,7 +514,7 @@ class Model:
         limit = min(len(self._cached), len(tokens) - 1)
         while common < limit and self._cached[common] == tokens[common]:
             common += 1
-        return common
+        return image_start(tokens, common)
 
     def prefill(self, tokens: list[int], store: PrefixStore | None = None) -> int:
         """Make the context hold exactly `tokens`, evaluating only what is not cached yet.
@@ -538,6 +616,8 @@ class Model:
         if not tokens:
             tokens = [self.bos]
         self.check_fits(len(tokens))
+        if tokens[-1] < 0:
+            raise BadInput("the prompt ends with an image", "put text after the image")
         stats = self.stats = Stats(load_seconds=self.stats.load_seconds)
         started = time.perf_counter()
         sampler = build_sampler(self, sampling, grammar)

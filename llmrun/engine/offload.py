@@ -159,6 +159,14 @@ class Plan:
         return "\n".join(lines)
 
 
+def reserve(devices: Sequence[Device], n: int) -> list[Device]:
+    """The devices with `n` bytes of the first one's free memory taken (a projector's)."""
+    if not devices or n <= 0:
+        return list(devices)
+    first = devices[0]
+    return [Device(first.name, max(first.free - n, 0), first.total), *devices[1:]]
+
+
 def kv_bytes(shape: ModelShape, ctx: int, layers: int, type_k: str, type_v: str) -> int:
     per_elem = (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v]) / 2
     return int(shape.kv_elems_per_token * per_elem * ctx * layers)

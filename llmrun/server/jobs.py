@@ -9,10 +9,12 @@ as given, text or token ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmrun.engine.batch import Extras
+from llmrun.engine.images import RemoteImage, fetch_image
 from llmrun.errors import BadInput
+from llmrun.prompt import rendered_tokens
 from llmrun.server.openai_errors import ApiError
 from llmrun.templates.plan import Tools, plan_chat
 from llmrun.templates.stream import AnswerReader
@@ -60,9 +62,37 @@ def chat_job(service: Service, req: Generate, raw_remedy: str, param: str = "mes
     reader = plan.reader
     if req.reasoning is False:
         reader = replace(reader, thinking=False)  # thinking stays in the content
-    tokens = service.engine.model.tokenize(plan.prompt, add_special=True, parse_special=True)
+    try:
+        tokens = rendered_tokens(service.engine.model, plan.prompt, req.messages)
+    except BadInput as e:  # a bad image, or images for a model without a projector
+        raise ApiError(400, str(e), param=param, code="invalid_image") from None
     extras = Extras(logprobs=req.logprobs, special=reader.active, lora=lora_scales(service, req))
     return Job([tokens], plan.grammar or req.grammar, extras, reader)
+
+
+IMAGE_URL_TIMEOUT = 10.0  # seconds to fetch one http(s) image (with --allow-image-urls)
+
+
+def fetch_images(messages: list[dict[str, Any]], allow_urls: bool) -> None:
+    """Replace the http(s) image URLs in the messages by the images they name, when the
+    server allows it (--allow-image-urls); ApiError 400 otherwise, or when one fails."""
+    for msg in messages:
+        images = msg.get("images") or []
+        for i, image in enumerate(images):
+            if not isinstance(image, RemoteImage):
+                continue
+            if not allow_urls:
+                raise ApiError(
+                    400,
+                    f"{image.source}: this server does not fetch image URLs; send the image "
+                    "as a data: URL, or start the server with --allow-image-urls",
+                    param="messages",
+                    code="invalid_image",
+                )
+            try:
+                images[i] = fetch_image(image, timeout=IMAGE_URL_TIMEOUT)
+            except BadInput as e:
+                raise ApiError(400, str(e), param="messages", code="invalid_image") from None
 
 
 def completion_job(service: Service, req: Generate) -> Job:

@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrun.engine.batch import Extras
-from llmrun.errors import BadOption
+from llmrun.engine.images import Image, image_from_base64, with_markers
+from llmrun.errors import BadInput, BadOption
 from llmrun.options import check_param
 from llmrun.server import embeddings, observe, schemas
 from llmrun.server.answers import Choice, Tokens
@@ -121,6 +122,7 @@ class Ask:
     system: str | None = None
     raw: bool = False
     context: list[int] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
 
     async def lease(self, pool: Pool) -> Lease:
         return await pool.lease(
@@ -213,16 +215,34 @@ def _message(i: int, msg: Any) -> dict[str, Any]:
     """An Ollama message as the OpenAI one the chat machinery reads."""
     if not isinstance(msg, dict):
         raise bad(f"messages[{i}] must be an object with role and content", "messages")
-    if msg.get("images"):
-        raise bad(f"messages[{i}]: this server cannot read images yet", "messages")
+    images = _images(msg.get("images"), f"messages[{i}].images")
     out: dict[str, Any] = {"role": msg.get("role"), "content": msg.get("content") or ""}
+    if images:
+        if msg.get("role") != "user":
+            raise bad(f"messages[{i}]: only user messages may carry images", "messages")
+        out["content"] = with_markers(out["content"], len(images))
     if msg.get("thinking"):
         out["reasoning_content"] = msg["thinking"]
     if msg.get("tool_calls"):
         out["tool_calls"] = msg["tool_calls"]
     if msg.get("role") == "tool" and (msg.get("tool_name") or msg.get("name")):
         out["name"] = msg.get("tool_name") or msg.get("name")
-    return schemas.parse_message(i, out)
+    parsed = schemas.parse_message(i, out)
+    if images:
+        parsed["images"] = images
+    return parsed
+
+
+def _images(value: Any, where: str) -> list[Image]:
+    """Ollama's `images`: base64 strings, each an image file."""
+    if not value:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad(f"{where} must be a list of base64 strings", "images")
+    try:
+        return [image_from_base64(v, f"{where}[{j}]") for j, v in enumerate(value)]
+    except BadInput as e:
+        raise bad(str(e), "images") from None
 
 
 def parse_chat(body: Any) -> Ask:
@@ -254,8 +274,7 @@ def parse_generate(body: Any) -> Ask:
             "send raw: true with the prompt formatted as you want it",
             "template",
         )
-    if body.get("images"):
-        raise bad("this server cannot read images yet", "images")
+    ask.images = _images(body.get("images"), "images")
     context = body.get("context") or []
     if not (isinstance(context, list) and all(type(t) is int for t in context)):
         raise bad("context must be a list of token ids", "context")
@@ -267,6 +286,9 @@ def generate_job(service: Service, ask: Ask) -> Job:
     """/api/generate's prompt: fill-in-the-middle, raw, or the template around one user turn."""
     model = service.engine.model
     extras = Extras(logprobs=ask.gen.logprobs)
+    # An image in an earlier answer's context is a negative id; only a vision model has them.
+    if not all(0 <= t < model.n_vocab or (t < 0 and model.images) for t in ask.context):
+        raise bad(f"context must hold token ids in 0..{model.n_vocab - 1}", "context")
     if ask.suffix:
         fim = model.fim_tokens()
         if fim is None:
@@ -281,10 +303,20 @@ def generate_job(service: Service, ask: Ask) -> Job:
         head = [model.bos] if model.add_bos else []
         return Job([[*head, pre, *text, suf, *after, mid]], ask.gen.grammar, extras)
     if ask.raw:
-        tokens = model.tokenize(ask.prompt, add_special=not ask.context, parse_special=True)
+        prompt = with_markers(ask.prompt, len(ask.images)) if ask.images else ask.prompt
+        try:
+            tokens = model.tokenize(
+                prompt, add_special=not ask.context, parse_special=True, images=ask.images
+            )
+        except BadInput as e:  # a bad image, or images for a model without a projector
+            raise bad(str(e), "images") from None
         return Job([ask.context + tokens], ask.gen.grammar, extras)
     system = [{"role": "system", "content": ask.system}] if ask.system else []
-    ask.gen.messages = [*system, {"role": "user", "content": ask.prompt}]
+    user: dict[str, Any] = {"role": "user", "content": ask.prompt}
+    if ask.images:
+        user = {"role": "user", "content": with_markers(ask.prompt, len(ask.images))}
+        user["images"] = ask.images
+    ask.gen.messages = [*system, user]
     job = chat_job(service, ask.gen, RAW_REMEDY, param="prompt")
     if ask.context:  # an earlier answer's context: this turn follows it
         tokens = job.prompts[0]

@@ -131,6 +131,8 @@ def capabilities(prepared: Prepared, pool: Pool) -> list[str]:
         entry is not None and entry.service is not None and entry.service.engine.model.fim_tokens()
     ):
         caps.append("insert")
+    if prepared.load.mmproj is not None:
+        caps.append("vision")  # images in `images`, with its projector
     return caps
 
 

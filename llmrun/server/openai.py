@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from llmrun.server import embeddings, observe, responses, schemas
 from llmrun.server.answers import Choice, Tokens, delta_fields, finish_reason, message
-from llmrun.server.jobs import Job, chat_job, completion_job
+from llmrun.server.jobs import Job, chat_job, completion_job, fetch_images
 from llmrun.server.openai_errors import ApiError
 from llmrun.server.responses import FINISH_REASONS, Chunks, EventStream
 from llmrun.server.transport import merged, read_json, whole_answers
@@ -82,6 +82,8 @@ class OpenAI:
 
     async def chat(self, request: Request) -> Response:
         req = schemas.parse_chat(await read_json(request))
+        allow = self.pool.settings.allow_image_urls
+        await run_in_threadpool(fetch_images, req.messages, allow)
         return await self._answer(request, req, chat=True)
 
     async def completions(self, request: Request) -> Response:

@@ -92,6 +92,7 @@ class Settings:
     timeout: float = 600.0  # seconds a request may take in all (--timeout)
     max_queue: int = 512  # per model, requests waiting for a sequence (--max-queue)
     send_timeout: float = 30.0  # seconds a stream's client may stall (--send-timeout)
+    allow_image_urls: bool = False  # fetch http(s) image_url parts (--allow-image-urls)
 
     def deadline(self, started: float, asked: float | None) -> float:
         """When a request that arrived at `started` (perf_counter) must end."""
@@ -231,8 +232,9 @@ class Pool:
                 code="model_not_found",
             ) from None
         default = self.default
-        if default is not None and default.load.lora and _same_file(prepared, default):
-            return default  # MODEL by name: with the adapters serve was given
+        own = default is not None and (default.load.lora or default.load.mmproj)
+        if own and default is not None and _same_file(prepared, default):
+            return default  # MODEL by name: with the adapters or projector serve was given
         prepared = listed(prepared)
         self._known[name] = prepared
         return prepared

@@ -19,6 +19,7 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF
 
 from llmrun import grammar
+from llmrun.engine.images import MARKER, Image, RemoteImage, image_from_data_url
 from llmrun.errors import BadInput, BadOption
 from llmrun.grammar import SchemaProblem
 from llmrun.options import check_param, spellings
@@ -339,18 +340,45 @@ COMPLETION_FIELDS = (COMMON - CHAT_ONLY - {"dimensions"}) | COMPLETION_ONLY
 
 def _text(content: Any, where: str) -> str:
     """A message's content: a string, or a list of text parts."""
+    text, images = _content(content, where)
+    if images:
+        raise bad(f"{where}: only user messages may carry images", "messages")
+    return text
+
+
+def _content(content: Any, where: str) -> tuple[str, list[Image | RemoteImage]]:
+    """A message's content as text, with images.MARKER where each image part was, and the
+    images: read from their data: URLs, or http(s) URLs for the server to fetch (or refuse)."""
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise bad(f"{where}: only text content parts are supported", "messages")
+        return content, []
+    if not isinstance(content, list):
+        raise bad(f"{where}.content must be a string or a list of content parts", "messages")
+    parts: list[str] = []
+    images: list[Image | RemoteImage] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise bad(f"{where}: a text part needs a string 'text'", "messages")
             parts.append(part["text"])
-        return "".join(parts)
-    raise bad(f"{where}.content must be a string or a list of text parts", "messages")
+        elif kind == "image_url":
+            images.append(_image_part(part.get("image_url"), f"{where}.content[{j}]"))
+            parts.append(MARKER)
+        else:
+            raise bad(f"{where}: only text and image_url content parts are supported", "messages")
+    return "".join(parts), images
+
+
+def _image_part(value: Any, where: str) -> Image | RemoteImage:
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise bad(f"{where}: an image_url part needs a string url", "messages")
+    if url.startswith(("http://", "https://")):
+        return RemoteImage(url, where)
+    try:
+        return image_from_data_url(url, where)
+    except BadInput as e:
+        raise bad(str(e), "messages", "invalid_image") from None
 
 
 def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
@@ -397,6 +425,10 @@ def parse_message(i: int, msg: Any) -> dict[str, Any]:
         out["tool_calls"] = _tool_calls(calls, where)
         content = msg.get("content")
         out["content"] = None if content in (None, "") else _text(content, where)
+    elif role == "user":
+        out["content"], images = _content(msg.get("content"), where)
+        if images:
+            out["images"] = images
     else:
         out["content"] = _text(msg.get("content"), where)
     if role == "tool":

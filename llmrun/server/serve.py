@@ -102,6 +102,7 @@ def serve(
     metrics: bool = False,
     log_format: str = "text",
     log_prompts: bool = False,
+    allow_image_urls: bool = False,
     verbose: bool = False,
     quiet: bool = False,
     pull: bool = True,
@@ -143,6 +144,9 @@ def serve(
     lora = options.pop("lora", None)
     if lora and model is None:
         raise BadOption("--lora needs a MODEL to serve", "adapters are made for one base model")
+    mmproj = options.pop("mmproj", None)  # a projector is made for one model too
+    if mmproj and model is None:
+        raise BadOption("--mmproj needs a MODEL to serve", "a projector is made for one model")
     if chat_template is not None:
         Template(read_template_file(chat_template), f"chat template {chat_template}")  # checked
     settings = Settings(
@@ -158,13 +162,14 @@ def serve(
         timeout=timeout,
         max_queue=max_queue,
         send_timeout=send_timeout,
+        allow_image_urls=allow_image_urls,
     )
     # Every flag is checked (and MODEL found, pulled if need be) before anything listens.
     default: Prepared | None = None
     if model is not None:
         default = prepare(
             model, system=system, verbose=verbose, pull=pull, progress=progress, lora=lora,
-            **options,
+            mmproj=mmproj, **options,
         )  # fmt: skip
     else:
         with contextlib.suppress(ModelNotFound):  # no default model is fine: requests name one
