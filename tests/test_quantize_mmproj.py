@@ -163,7 +163,9 @@ def test_cli_adds_a_projector_to_a_stored_model_and_its_manifest(llmrun) -> None
     projector = model.with_name("mmproj-tiny-gemma3-F16.gguf")
     assert made.stdout == f"{model}\n{projector}\n"
     manifest = json.loads(store.manifest_path(model).read_text())
-    assert manifest == {**before, "mmproj": projector.name}
+    assert manifest == {**before, "mmproj": {"file": projector.name}}
+    # run, chat and serve find it as they find a pulled one; it is not a model of its own
+    assert [m.mmproj for m in store.list_models()] == [projector]
 
 
 @pytest.mark.parametrize(

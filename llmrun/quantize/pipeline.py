@@ -343,11 +343,11 @@ def _manifest(
     intermediate: Path | None,
     mmproj: Path | None = None,
 ) -> None:
-    extra = {"source": str(source.path), "converted_by": "llmrun quantize"}
+    extra: dict[str, object] = {"source": str(source.path), "converted_by": "llmrun quantize"}
     if intermediate is not None:
         extra["intermediate"] = intermediate.name
     if mmproj is not None:  # the projector beside it, for run, chat and serve to load
-        extra["mmproj"] = mmproj.name
+        extra["mmproj"] = {"file": mmproj.name}  # as pull records one (store.StoredModel.mmproj)
     store.write_manifest(
         path,
         name=source.name,
@@ -361,8 +361,9 @@ def _manifest(
 def _note_projector(model: Path, mmproj: Path) -> None:
     """Name a new projector in the manifest of a model that was kept as it was."""
     old = store.read_manifest(model)
-    if old.get("name") and old.get("quant") and old.get("mmproj") != mmproj.name:
-        store.write_manifest(model, **{**old, "mmproj": mmproj.name})
+    entry = {"file": mmproj.name}
+    if old.get("name") and old.get("quant") and old.get("mmproj") != entry:
+        store.write_manifest(model, **{**old, "mmproj": entry})
 
 
 @contextlib.contextmanager
