@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gguf import GGUFWriter
 
 from llmrun import store
-from llmrun.errors import BadInput, BadModelFile, StoreError
+from llmrun.errors import BadInput, BadModelFile, BadOption, StoreError
 from llmrun.quantize.archs import converter_for
 from llmrun.quantize.archs.base import Converter, TensorPlan
 from llmrun.quantize.checkpoint import open_checkpoint
@@ -33,6 +33,7 @@ from llmrun.quantize.writer import write_gguf
 from llmrun.store import store_name
 
 if TYPE_CHECKING:
+    from llmrun.quantize.imatrix import ImatrixPlan
     from llmrun.quantize.lora import LoraAdapter
 
 # A check run on the finished output against the file it was made from (or None).
@@ -52,6 +53,7 @@ class Result:
     intermediate: Path | None = None  # the F16/BF16 file, with keep_f16
     seconds: float = 0.0
     evaluation: Any = None  # what the `evaluate` hook returned
+    imatrix: str | None = None  # the importance matrix's dataset, when one guided llama.cpp
 
 
 def quantize(
@@ -65,8 +67,14 @@ def quantize(
     progress: QuantizeProgress | None = None,
     evaluate: Evaluate | None = None,
     merge_lora: Path | None = None,
+    imatrix: Path | bool | None = None,
+    imatrix_out: Path | None = None,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
+
+    `imatrix`: guide llama.cpp's quantizer with an importance matrix: read from a file
+    (llama-imatrix's .imatrix.gguf or .dat), or computed on the F16/BF16 file from a text
+    (a path, or True for the shipped one) and saved to `imatrix_out` if given.
 
     `merge_lora`: a PEFT LoRA adapter folder, baked into the weights (W + alpha/r * B @ A)
     while converting; the output is named <model>-<adapter> so it never replaces the base.
@@ -75,8 +83,16 @@ def quantize(
     higher-precision file it was made from still exists (the input GGUF, or the
     F16/BF16 intermediate; None for a direct conversion).
     """
+    from llmrun.quantize.imatrix import plan_imatrix
+
     progress = progress or QuantizeProgress()
-    qtype = get_type(type)
+    guide = plan_imatrix(imatrix, imatrix_out)
+    qtype = get_type(type, imatrix=guide is not None)
+    if guide is not None and qtype.direct:
+        raise BadOption(
+            f"--imatrix guides llama.cpp's quantizer, but {qtype.name} is written directly",
+            "drop --imatrix, or choose a type beyond Q8_0 (Q4_K_M, IQ3_XXS, ...)",
+        )
     source = find_source(model)
     adapter = None
     if merge_lora is not None:
@@ -98,9 +114,9 @@ def quantize(
             progress.note(f"{out} exists: kept (--force to make it again)")
             return Result(out, source.name, qtype.name, kept=True)
         with _disk_errors(out):
-            result = job.make(qtype, out, keep_f16, check, progress, evaluate)
+            result = job.make(qtype, out, keep_f16, check, progress, evaluate, guide)
             if in_store:
-                _manifest(out, source, qtype, result.intermediate)
+                _manifest(out, source, qtype, result.intermediate, result.imatrix)
     result.seconds = time.monotonic() - started
     return result
 
@@ -132,14 +148,23 @@ class _Job:
         check: bool,
         progress: QuantizeProgress,
         evaluate: Evaluate | None = None,
+        guide: ImatrixPlan | None = None,
     ) -> Result:
-        from llmrun.quantize.llama_quant import llama_quantize
-
         result = Result(out, self.source.name, qtype.name)
+
+        def quantize_from(src: Path, tmp: Path) -> None:
+            from llmrun.quantize.llama_quant import llama_quantize
+
+            matrix = guide.make(src, progress) if guide is not None else None
+            if matrix is not None:
+                result.imatrix = matrix.datasets[0] if matrix.datasets else "unnamed"
+            progress.stage(f"quantizing to {qtype.name} with llama.cpp")
+            file = str(guide.file) if guide is not None and guide.file else None
+            llama_quantize(src, tmp, qtype, progress, matrix, file)
+
         if self.conv is None:  # requantize a GGUF
             with store.atomic_write(out) as tmp:
-                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
-                llama_quantize(self.source.path, tmp, qtype, progress)
+                quantize_from(self.source.path, tmp)
                 _check(tmp, out, None, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, self.source.path)
@@ -164,8 +189,7 @@ class _Job:
                 progress.stage(f"converting to {inter_type.name}")
                 self.write(tmp, inter_type, progress)
             with store.atomic_write(out) as tmp:
-                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
-                llama_quantize(inter, tmp, qtype, progress)
+                quantize_from(inter, tmp)
                 _check(tmp, out, self.vocab.reference, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, inter)
@@ -237,10 +261,18 @@ def _scratch(out: Path, qtype: QuantType) -> Path:
     return out.with_name(f".{out.stem}.{qtype.name}-intermediate.gguf")
 
 
-def _manifest(path: Path, source: Source, qtype: QuantType, intermediate: Path | None) -> None:
+def _manifest(
+    path: Path,
+    source: Source,
+    qtype: QuantType,
+    intermediate: Path | None,
+    imatrix: str | None = None,
+) -> None:
     extra = {"source": str(source.path), "converted_by": "llmrun quantize"}
     if intermediate is not None:
         extra["intermediate"] = intermediate.name
+    if imatrix is not None:
+        extra["imatrix"] = imatrix
     store.write_manifest(
         path,
         name=source.name,
