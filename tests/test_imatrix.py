@@ -20,8 +20,8 @@ from llmrun.evaluate import evaluate
 from llmrun.quantize import quantize
 from llmrun.quantize.imatrix import SHIPPED_TEXT, Entry, Imatrix, compute_imatrix
 from tests.quantize_fixtures import smollm2_checkpoint
+from tests.test_models_cli import one_error_line
 
-pytestmark = pytest.mark.slow
 THREADS = str(min(4, os.cpu_count() or 1))
 
 
@@ -67,6 +67,7 @@ def ours(f16: Path, calibration: Path, work: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Path) -> None:
     theirs = work / "theirs.imatrix.gguf"
     cmd = [str(llama_tool("llama-imatrix")), "-m", str(f16), "-f", str(calibration)]
@@ -84,6 +85,7 @@ def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Pa
         np.testing.assert_allclose(mine.sums, ref.sums, rtol=2e-3, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_file_is_llama_imatrix_format(ours: Path) -> None:
     reader = GGUFReader(ours)
     assert reader.fields["general.type"].contents() == "imatrix"
@@ -94,6 +96,7 @@ def test_file_is_llama_imatrix_format(ours: Path) -> None:
     assert list(sums.shape) == [1536, 1] and list(counts.shape) == [1, 1]  # ggml's ne order
 
 
+@pytest.mark.slow
 def test_llama_quantize_makes_the_same_tensors(f16: Path, ours: Path, work: Path) -> None:
     theirs = work / "theirs-Q3_K_M.gguf"
     cmd = [str(llama_tool("llama-quantize")), "--imatrix", str(ours), str(f16), str(theirs)]
@@ -109,6 +112,7 @@ def test_llama_quantize_makes_the_same_tensors(f16: Path, ours: Path, work: Path
     assert a.fields["quantize.imatrix.entries_count"].contents() == 210
 
 
+@pytest.mark.slow
 def test_lower_kl_on_another_text(f16: Path, ours: Path, work: Path) -> None:
     """Calibrated on calibration.txt, scored on alice.txt (evaluate's default text)."""
     flat = _flat(Imatrix.load(ours))  # IQ3_XXS cannot be made without a matrix: all ones
@@ -131,6 +135,7 @@ def _flat(m: Imatrix) -> Imatrix:
     return Imatrix(entries, ["flat"], m.chunk_count, m.chunk_size)
 
 
+@pytest.mark.slow
 def test_cli_shipped_text_and_saved_matrix(f16: Path, ours: Path, work: Path, llmrun) -> None:
     out, saved = work / "IQ2_XXS.gguf", work / "saved.imatrix.gguf"
     args = ["quantize", str(f16), "--type", "IQ2_XXS", "--imatrix", "--imatrix-out", str(saved)]
@@ -145,6 +150,7 @@ def test_cli_shipped_text_and_saved_matrix(f16: Path, ours: Path, work: Path, ll
     assert "IQ2_XXS" in types
 
 
+@pytest.mark.slow
 def test_legacy_dat_loads_as_llama_quantize_reads_it(ours: Path, work: Path) -> None:
     m = Imatrix.load(ours)
     dat = work / "ours.dat"
@@ -168,3 +174,30 @@ def _legacy_bytes(m: Imatrix) -> bytes:
     dataset = m.datasets[0].encode()
     out += [struct.pack("<ii", m.chunk_count, len(dataset)), dataset]
     return b"".join(out)
+
+
+# ---------------------------------------------------------------- refused before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--imatrix-out", "m.imatrix.gguf"], "--imatrix-out saves a computed importance matrix"),
+        (["--imatrix", "--type", "Q8_0"], "Q8_0 is written directly"),
+        (["--imatrix", "missing.txt"], "missing.txt: no such file"),
+        (["--imatrix", "a.txt", "--imatrix-text", "a.txt"], "not both"),
+    ],
+)
+def test_refused(args: list[str], says: str, smollm2: Path, tmp_path: Path, llmrun) -> None:
+    (tmp_path / "a.txt").write_text("some text", encoding="utf-8")
+    args = [str(tmp_path / a) if a.endswith((".txt", ".gguf")) else a for a in args]
+    result = llmrun("quantize", str(smollm2), *args, "-o", str(tmp_path / "out.gguf"))
+    assert says in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_model_is_not_a_matrix(smollm2: Path, tmp_path: Path, llmrun) -> None:
+    out = tmp_path / "o.gguf"
+    result = llmrun("quantize", str(smollm2), "--imatrix", str(smollm2), "-o", str(out))
+    assert "is a GGUF file but not an importance matrix" in one_error_line(result)
+    assert not out.exists()
