@@ -6,7 +6,8 @@
    tests/quantize_fixtures.py) becomes an F16 GGUF with `llmrun quantize --type F16`.
 2. Computing the matrix over llmrun's shipped calibration text in chunks of 512: llmrun's
    in-process `compute_imatrix` against `llama-imatrix -c 512 --no-ppl` (built by
-   llama_tools.py from the same llama.cpp sources), same file, same threads. Wall time of
+   llama_tools.py from the same llama.cpp sources), same file, same threads, and on an AMX
+   CPU with --no-repack as llmrun's engine (extra_buffers_safe). Wall time of
    each, best of -r runs; llama-imatrix's includes loading the model, so llmrun's does too.
 3. Q2_K, Q3_K_M, IQ3_XXS and Q4_K_M, each quantized without and with the matrix, then
    scored against the F16 on a different text (evaluate's default, Alice's Adventures in
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # llama_tools, when run as a scrip
 sys.path.insert(0, str(ROOT))  # tests.quantize_fixtures
 from llama_tools import build_tool  # noqa: E402
 
+from llmrun.engine.model import extra_buffers_safe  # noqa: E402
 from llmrun.evaluate import evaluate  # noqa: E402
 from llmrun.quantize import quantize  # noqa: E402
 from llmrun.quantize.imatrix import (  # noqa: E402
@@ -75,6 +77,7 @@ def time_ours(f16: Path, text: Path, threads: int, runs: int) -> tuple[float, Im
 def time_theirs(f16: Path, text: Path, out: Path, threads: int, runs: int) -> float:
     cmd = [str(build_tool("llama-imatrix")), "-m", str(f16), "-f", str(text), "-o", str(out)]
     cmd += ["-c", str(DEFAULT_CTX), "-t", str(threads), "--no-ppl"]
+    cmd += [] if extra_buffers_safe() else ["--no-repack"]  # as llmrun's engine on AMX CPUs
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()
@@ -96,7 +99,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="default: SmolLM2-135M-Instruct")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("-r", "--runs", type=int, default=2, help="timing runs (best kept)")
-    parser.add_argument("--chunks", type=int, default=8, help="eval chunks of 512 tokens")
+    parser.add_argument("--chunks", type=int, default=6, help="eval chunks of 512 tokens")
     args = parser.parse_args()
     if args.checkpoint is None:
         from tests.quantize_fixtures import smollm2_checkpoint

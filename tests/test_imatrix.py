@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
+from llmrun.engine.model import extra_buffers_safe
 from llmrun.evaluate import evaluate
 from llmrun.quantize import quantize
 from llmrun.quantize.imatrix import SHIPPED_TEXT, Entry, Imatrix, compute_imatrix
@@ -67,11 +68,21 @@ def ours(f16: Path, calibration: Path, work: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def q3_with(f16: Path, ours: Path, work: Path) -> Path:
+    """Our Q3_K_M, guided by our matrix."""
+    out = work / "Q3_K_M-with.gguf"
+    return quantize(str(f16), type="Q3_K_M", imatrix=ours, output=out, check=False).path
+
+
 @pytest.mark.slow
 def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Path) -> None:
     theirs = work / "theirs.imatrix.gguf"
     cmd = [str(llama_tool("llama-imatrix")), "-m", str(f16), "-f", str(calibration)]
     cmd += ["-o", str(theirs), "-c", "512", "-t", THREADS, "--no-ppl"]
+    # As our engine: without extra CPU buffer types on an AMX CPU, which change F16 products
+    # by some 1e-4 (their sums then differ by that much: the text is the same).
+    cmd += [] if extra_buffers_safe() else ["--no-repack"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     a, b = Imatrix.load(ours), Imatrix.load(theirs)
     assert (a.chunk_count, a.chunk_size) == (b.chunk_count, b.chunk_size)
@@ -82,7 +93,7 @@ def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Pa
         ref = b.entries[name]
         assert mine.sums.shape == ref.sums.shape, name
         np.testing.assert_array_equal(mine.counts, ref.counts, err_msg=name)
-        np.testing.assert_allclose(mine.sums, ref.sums, rtol=2e-3, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(mine.sums, ref.sums, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.slow
@@ -97,12 +108,13 @@ def test_file_is_llama_imatrix_format(ours: Path) -> None:
 
 
 @pytest.mark.slow
-def test_llama_quantize_makes_the_same_tensors(f16: Path, ours: Path, work: Path) -> None:
+def test_llama_quantize_makes_the_same_tensors(
+    f16: Path, ours: Path, q3_with: Path, work: Path
+) -> None:
     theirs = work / "theirs-Q3_K_M.gguf"
     cmd = [str(llama_tool("llama-quantize")), "--imatrix", str(ours), str(f16), str(theirs)]
     subprocess.run([*cmd, "Q3_K_M", THREADS], check=True, capture_output=True, timeout=600)
-    mine = quantize(str(f16), type="Q3_K_M", imatrix=ours, output=work / "Q3_K_M-imatrix.gguf")
-    a, b = GGUFReader(mine.path), GGUFReader(theirs)
+    a, b = GGUFReader(q3_with), GGUFReader(theirs)
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
     for x, y in zip(a.tensors, b.tensors, strict=True):
         assert x.tensor_type == y.tensor_type, x.name
@@ -113,17 +125,23 @@ def test_llama_quantize_makes_the_same_tensors(f16: Path, ours: Path, work: Path
 
 
 @pytest.mark.slow
-def test_lower_kl_on_another_text(f16: Path, ours: Path, work: Path) -> None:
+def test_lower_kl_on_another_text(f16: Path, ours: Path, q3_with: Path, work: Path) -> None:
     """Calibrated on calibration.txt, scored on alice.txt (evaluate's default text)."""
-    flat = _flat(Imatrix.load(ours))  # IQ3_XXS cannot be made without a matrix: all ones
-    flat_path = work / "flat.imatrix.gguf"
-    flat.save(flat_path)
-    kl = {}
-    for qtype, without in (("Q3_K_M", None), ("IQ3_XXS", flat_path)):
-        for label, matrix in (("without", without), ("with", ours)):
-            out = work / f"{qtype}-{label}.gguf"
-            quantize(str(f16), type=qtype, imatrix=matrix, output=out, check=False)
-            kl[qtype, label] = evaluate(out, ref=f16, ctx_size=512, chunks=4).kl_mean
+    flat = work / "flat.imatrix.gguf"  # IQ3_XXS is not made without a matrix: all ones instead
+    _flat(Imatrix.load(ours)).save(flat)
+    files = {("Q3_K_M", "with"): q3_with}
+    for qtype, label, matrix in (
+        ("Q3_K_M", "without", None),
+        ("IQ3_XXS", "without", flat),
+        ("IQ3_XXS", "with", ours),
+    ):
+        out = work / f"{qtype}-{label}.gguf"
+        files[qtype, label] = quantize(
+            str(f16), type=qtype, imatrix=matrix, output=out, check=False
+        ).path
+    kl = {
+        key: evaluate(path, ref=f16, ctx_size=256, chunks=4).kl_mean for key, path in files.items()
+    }
     for qtype in ("Q3_K_M", "IQ3_XXS"):
         assert kl[qtype, "with"] < kl[qtype, "without"], kl
 
@@ -137,8 +155,8 @@ def _flat(m: Imatrix) -> Imatrix:
 
 @pytest.mark.slow
 def test_cli_shipped_text_and_saved_matrix(f16: Path, ours: Path, work: Path, llmrun) -> None:
-    out, saved = work / "IQ2_XXS.gguf", work / "saved.imatrix.gguf"
-    args = ["quantize", str(f16), "--type", "IQ2_XXS", "--imatrix", "--imatrix-out", str(saved)]
+    out, saved = work / "Q2_K_S.gguf", work / "saved.imatrix.gguf"  # Q2_K_S: needs one, and fast
+    args = ["quantize", str(f16), "--type", "Q2_K_S", "--imatrix", "--imatrix-out", str(saved)]
     result = llmrun(*args, "-o", str(out))
     assert result.code == 0, result.stderr
     assert result.stdout == f"{out}\n"
@@ -146,8 +164,7 @@ def test_cli_shipped_text_and_saved_matrix(f16: Path, ours: Path, work: Path, ll
     assert a.datasets == [SHIPPED_TEXT]
     for name, e in a.entries.items():
         np.testing.assert_allclose(e.sums, b.entries[name].sums, rtol=1e-5, err_msg=name)
-    types = {t.tensor_type.name for t in GGUFReader(out).tensors}
-    assert "IQ2_XXS" in types
+    assert "Q2_K" in {t.tensor_type.name for t in GGUFReader(out).tensors}
 
 
 @pytest.mark.slow
