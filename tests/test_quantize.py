@@ -71,7 +71,7 @@ def test_the_imatrix_types_are_the_ones_llama_cpp_refuses_without() -> None:
     assert all(t.direct or t.ftype > 0 for t in TYPES.values())
     assert [t for t in TYPES.values() if t.needs_imatrix] == [
         TYPES[n]
-        for n in ("IQ3_XXS", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
+        for n in ("Q2_K_S", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
     ]
 
 
