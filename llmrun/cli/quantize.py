@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -18,6 +17,7 @@ from llmrun.quantize import DEFAULT_ADAPTER_TYPE, DEFAULT_TYPE
 from llmrun.quantize import progress as qprogress
 
 if TYPE_CHECKING:  # rich's bars are imported when drawn: every other command loads this module
+    import click
     from rich.progress import Progress, TaskID
 
 QuantizeModelArg = Annotated[
