@@ -67,10 +67,11 @@ def test_refused_types(qtype: str, says: str, ckpt: Path, tmp_path: Path, llmrun
     assert not out.exists()
 
 
-def test_every_listed_type_but_the_imatrix_ones_is_usable() -> None:
+def test_the_imatrix_types_are_the_ones_llama_cpp_refuses_without() -> None:
     assert all(t.direct or t.ftype > 0 for t in TYPES.values())
     assert [t for t in TYPES.values() if t.needs_imatrix] == [
-        TYPES[n] for n in ("IQ3_XXS", "IQ2_XS", "IQ2_XXS", "IQ1_S")
+        TYPES[n]
+        for n in ("Q2_K_S", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
     ]
 
 

@@ -17,6 +17,7 @@ from llmrun.quantize import DEFAULT_ADAPTER_TYPE, DEFAULT_MMPROJ_TYPE, DEFAULT_T
 from llmrun.quantize import progress as qprogress
 
 if TYPE_CHECKING:  # rich's bars are imported when drawn: every other command loads this module
+    import click
     from rich.progress import Progress, TaskID
 
 QuantizeModelArg = Annotated[
@@ -167,6 +168,36 @@ class QuantizeBars(QuantizeNotes):
         done = self._bars.tasks[0].fields["done"] + tensors
         self._bars.update(self._task, advance=nbytes, done=done)
 
+    def steps(self, done: int, total: int) -> None:
+        if done == 0 or self._bars is None or self._task is None:
+            self._counted(total)
+        assert self._bars is not None and self._task is not None
+        self._bars.update(self._task, completed=done, total=total)
+
+    def _counted(self, total: int) -> None:
+        """A bar of chunks with the time left, under the current stage's name."""
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        description = self._bars.tasks[0].description if self._bars else "computing"
+        self.end()
+        self._bars = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("chunks"),
+            TimeRemainingColumn(),
+            console=err.console,
+            transient=True,
+        )
+        self._task = self._bars.add_task(description, total=total)
+        self._bars.start()
+
     def tick(self, text: str) -> None:
         if self._bars is not None and self._task is not None:
             self._bars.update(self._task, where=text)
@@ -178,6 +209,35 @@ class QuantizeBars(QuantizeNotes):
             self._task = None
 
 
+ImatrixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--imatrix",
+        metavar="[TEXT_FILE|FILE.imatrix.gguf]",
+        help="Guide llama.cpp's quantizer with an importance matrix: computed from a text "
+        "(alone, last or before another option: a shipped calibration text), or read from a "
+        "llama-imatrix file (.gguf, .dat). The IQ1/IQ2/IQ3_XXS and Q2_K_S types need one.",
+        show_default=False,
+    ),
+]
+ImatrixTextOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--imatrix-text",
+        metavar="TEXT_FILE",
+        help="Compute the importance matrix from this UTF-8 text (as --imatrix TEXT_FILE).",
+        show_default=False,
+    ),
+]
+ImatrixOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--imatrix-out",
+        metavar="FILE",
+        help="Save the computed importance matrix (llama-imatrix's GGUF format), for reuse.",
+        show_default=False,
+    ),
+]
 EvalOpt = Annotated[
     bool,
     typer.Option(
@@ -207,6 +267,20 @@ class _QuantizeCommand(TyperCommand):
     def epilog(self, value: str | None) -> None:
         pass
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_imatrix(args))
+
+
+def bare_imatrix(args: list[str]) -> list[str]:
+    """`--imatrix` with no value (last, or followed by an option) gets "" (the shipped text):
+    typer's options take a value always or never."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--imatrix" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("")
+    return out
+
 
 @app.command("quantize", cls=_QuantizeCommand)
 def quantize_cmd(
@@ -223,6 +297,9 @@ def quantize_cmd(
     merge_lora: MergeLoraOpt = None,
     mmproj: MmprojOpt = False,
     mmproj_type: MmprojTypeOpt = DEFAULT_MMPROJ_TYPE,
+    imatrix: ImatrixOpt = None,
+    imatrix_text: ImatrixTextOpt = None,
+    imatrix_out: ImatrixOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
@@ -230,6 +307,10 @@ def quantize_cmd(
     F32, F16, BF16 and Q8_0 are written directly; other types are quantized by llama.cpp
     from an F16/BF16 file that is deleted afterwards (unless --keep-f16). The new file
     is loaded and its tokenizer checked before it is put in place; its path goes to stdout.
+
+    With --imatrix, an importance matrix (llama-imatrix's, computed in-process from a text
+    on the F16/BF16 file) tells the quantizer which weights matter: lower loss at the same
+    size, and the 1- to 3-bit i-quants become possible.
 
     A PEFT LoRA adapter converts to a GGUF adapter for --lora with --lora-base (F32, F16,
     BF16 or Q8_0; beside the adapter by default), or is merged into the weights with
@@ -249,6 +330,9 @@ def quantize_cmd(
     llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
     llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M
     llmrun quantize ./SmolVLM-256M-Instruct --mmproj -o smolvlm.gguf
+    llmrun quantize ./Llama-3.2-1B-Instruct --type IQ3_XXS --imatrix
+    llmrun quantize m-F16.gguf --type Q4_K_M --imatrix book.txt --imatrix-out m.imatrix.gguf
+    llmrun quantize m-F16.gguf --type IQ2_XS --imatrix m.imatrix.gguf
     """
     quiet_stderr(quiet)
     if list_types:
@@ -264,10 +348,12 @@ def quantize_cmd(
     if model is None:
         raise BadInput("missing MODEL", "give a model, a checkpoint folder or a .gguf file")
     progress = QuantizeBars() if err.is_terminal else QuantizeNotes()
+    guide = _imatrix_choice(imatrix, imatrix_text)
     if lora_base is not None:
-        if merge_lora is not None or keep_f16 or eval or mmproj:
+        if merge_lora is not None or keep_f16 or eval or mmproj or guide is not None:
             raise BadOption(
-                "--lora-base does not go with --merge-lora, --keep-f16, --eval or --mmproj"
+                "--lora-base does not go with --merge-lora, --keep-f16, --eval, --mmproj"
+                " or --imatrix"
             )
         return _convert_adapter(model, lora_base, type, output, force, progress)
     from llmrun.quantize import quantize
@@ -277,6 +363,8 @@ def quantize_cmd(
             model,
             type=type or DEFAULT_TYPE,
             merge_lora=merge_lora,
+            imatrix=guide,
+            imatrix_out=imatrix_out,
             output=output,
             force=force,
             keep_f16=keep_f16,
@@ -304,6 +392,17 @@ def quantize_cmd(
     sys.stdout.write(f"{result.path}\n")
     if result.mmproj is not None:
         sys.stdout.write(f"{result.mmproj}\n")
+
+
+def _imatrix_choice(imatrix: str | None, imatrix_text: Path | None) -> Path | bool | None:
+    """--imatrix alone: True (the shipped text); with a file, or --imatrix-text: its path."""
+    if imatrix_text is not None:
+        if imatrix:
+            raise BadOption("give --imatrix FILE or --imatrix-text TEXT_FILE, not both")
+        return imatrix_text
+    if imatrix is None:
+        return None
+    return Path(imatrix) if imatrix else True
 
 
 def _convert_adapter(

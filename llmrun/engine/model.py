@@ -12,7 +12,7 @@ import ctypes
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -62,6 +62,10 @@ FLASH_ATTN_IDS = {
 }
 N_BATCH = 2048  # tokens per llama_decode call while evaluating a prompt (llama.cpp's default)
 N_UBATCH = 512
+
+# Called by llama.cpp's scheduler for every graph node: (struct ggml_tensor *, ask) -> bool.
+# With ask, whether it wants the node's result; then, once computed, whether to go on.
+EvalCallback = Callable[[int, bool], bool]
 
 _backend = {"ready": False}
 
@@ -190,7 +194,10 @@ class Model:
     itself, through `ctx`, `memory` and `decode_batch`.
     """
 
-    def __init__(self, path: Path, load: Load) -> None:
+    def __init__(
+        self, path: Path, load: Load, *, eval_callback: EvalCallback | None = None
+    ) -> None:
+        """`eval_callback`: see EvalCallback; read the nodes with llmrun.engine.ggml."""
         self.path = path
         self.load_options = load
         self.stats = Stats()
@@ -244,6 +251,12 @@ class Model:
         cparams.flash_attn_type = FLASH_ATTN_IDS[load.flash_attn]
         cparams.type_k = CACHE_TYPE_IDS[load.cache_type_k]
         cparams.type_v = CACHE_TYPE_IDS[load.cache_type_v]
+        if eval_callback is not None:
+            # Kept on self: llama.cpp calls it for as long as the context lives.
+            self._eval_callback = llama_cpp.ggml_backend_sched_eval_callback(
+                lambda node, ask, _user: bool(eval_callback(node, ask))
+            )
+            cparams.cb_eval = self._eval_callback
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
@@ -736,5 +749,5 @@ def decode_batch(ctx: llama_cpp.llama_context_p, batch: llama_cpp.llama_batch, n
         )
 
 
-def load_model(path: Path, load: Load) -> Model:
-    return Model(path, load)
+def load_model(path: Path, load: Load, *, eval_callback: EvalCallback | None = None) -> Model:
+    return Model(path, load, eval_callback=eval_callback)

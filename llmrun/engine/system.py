@@ -50,6 +50,10 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "ggml_set_abort_callback": (_vp, (_vp,)),
     "ggml_backend_dev_by_type": (_vp, (ctypes.c_int,)),
     "ggml_backend_dev_buffer_type": (_vp, (_vp,)),
+    # graph nodes, for eval callbacks (llmrun.engine.ggml)
+    "ggml_op_name": (ctypes.c_char_p, (ctypes.c_int,)),
+    "ggml_backend_buffer_is_host": (ctypes.c_bool, (_vp,)),
+    "ggml_backend_tensor_get": (None, (_vp, _vp, ctypes.c_size_t, ctypes.c_size_t)),
 }
 
 

@@ -38,6 +38,7 @@ from llmrun.quantize.writer import write_gguf
 from llmrun.store import store_name
 
 if TYPE_CHECKING:
+    from llmrun.quantize.imatrix import ImatrixPlan
     from llmrun.quantize.lora import LoraAdapter
 
 # A check run on the finished output against the file it was made from (or None).
@@ -59,6 +60,7 @@ class Result:
     evaluation: Any = None  # what the `evaluate` hook returned
     mmproj: Path | None = None  # the projector file, with mmproj
     mmproj_kept: bool = False  # it existed and was left alone
+    imatrix: str | None = None  # the importance matrix's dataset, when one guided llama.cpp
 
 
 def quantize(
@@ -74,8 +76,14 @@ def quantize(
     merge_lora: Path | None = None,
     mmproj: bool = False,
     mmproj_type: str = DEFAULT_MMPROJ_TYPE,
+    imatrix: Path | bool | None = None,
+    imatrix_out: Path | None = None,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
+
+    `imatrix`: guide llama.cpp's quantizer with an importance matrix: read from a file
+    (llama-imatrix's .imatrix.gguf or .dat), or computed on the F16/BF16 file from a text
+    (a path, or True for the shipped one) and saved to `imatrix_out` if given.
 
     `merge_lora`: a PEFT LoRA adapter folder, baked into the weights (W + alpha/r * B @ A)
     while converting; the output is named <model>-<adapter> so it never replaces the base.
@@ -88,8 +96,16 @@ def quantize(
     higher-precision file it was made from still exists (the input GGUF, or the
     F16/BF16 intermediate; None for a direct conversion).
     """
+    from llmrun.quantize.imatrix import plan_imatrix
+
     progress = progress or QuantizeProgress()
-    qtype = get_type(type)
+    guide = plan_imatrix(imatrix, imatrix_out)
+    qtype = get_type(type, imatrix=guide is not None)
+    if guide is not None and qtype.direct:
+        raise BadOption(
+            f"--imatrix guides llama.cpp's quantizer, but {qtype.name} is written directly",
+            "drop --imatrix, or choose a type beyond Q8_0 (Q4_K_M, IQ3_XXS, ...)",
+        )
     proj_type = projector_type(mmproj_type) if mmproj else None
     source = find_source(model)
     adapter = None
@@ -114,12 +130,12 @@ def quantize(
             result = Result(out, source.name, qtype.name, kept=True)
         else:
             with _disk_errors(out):
-                result = job.make(qtype, out, keep_f16, check, progress, evaluate)
+                result = job.make(qtype, out, keep_f16, check, progress, evaluate, guide)
         if proj_type is not None:
             _add_projector(job, result, proj_type, force, check, progress)
         if in_store and not result.kept:
             with _disk_errors(out):
-                _manifest(out, source, qtype, result.intermediate, result.mmproj)
+                _manifest(out, source, qtype, result.intermediate, result.mmproj, result.imatrix)
         elif in_store and result.mmproj is not None and not result.mmproj_kept:
             _note_projector(out, result.mmproj)
     result.seconds = time.monotonic() - started
@@ -207,14 +223,23 @@ class _Job:
         check: bool,
         progress: QuantizeProgress,
         evaluate: Evaluate | None = None,
+        guide: ImatrixPlan | None = None,
     ) -> Result:
-        from llmrun.quantize.llama_quant import llama_quantize
-
         result = Result(out, self.source.name, qtype.name)
+
+        def quantize_from(src: Path, tmp: Path) -> None:
+            from llmrun.quantize.llama_quant import llama_quantize
+
+            matrix = guide.make(src, progress) if guide is not None else None
+            if matrix is not None:
+                result.imatrix = matrix.datasets[0] if matrix.datasets else "unnamed"
+            progress.stage(f"quantizing to {qtype.name} with llama.cpp")
+            file = str(guide.file) if guide is not None and guide.file else None
+            llama_quantize(src, tmp, qtype, progress, matrix, file)
+
         if self.conv is None:  # requantize a GGUF
             with store.atomic_write(out) as tmp:
-                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
-                llama_quantize(self.source.path, tmp, qtype, progress)
+                quantize_from(self.source.path, tmp)
                 _check(tmp, out, None, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, self.source.path)
@@ -239,8 +264,7 @@ class _Job:
                 progress.stage(f"converting to {inter_type.name}")
                 self.write(tmp, inter_type, progress)
             with store.atomic_write(out) as tmp:
-                progress.stage(f"quantizing to {qtype.name} with llama.cpp")
-                llama_quantize(inter, tmp, qtype, progress)
+                quantize_from(inter, tmp)
                 _check(tmp, out, self.vocab.reference, check, progress)
             if evaluate:
                 result.evaluation = evaluate(out, inter)
@@ -342,12 +366,15 @@ def _manifest(
     qtype: QuantType,
     intermediate: Path | None,
     mmproj: Path | None = None,
+    imatrix: str | None = None,
 ) -> None:
     extra: dict[str, object] = {"source": str(source.path), "converted_by": "llmrun quantize"}
     if intermediate is not None:
         extra["intermediate"] = intermediate.name
     if mmproj is not None:  # the projector beside it, for run, chat and serve to load
         extra["mmproj"] = {"file": mmproj.name}  # as pull records one (store.StoredModel.mmproj)
+    if imatrix is not None:
+        extra["imatrix"] = imatrix
     store.write_manifest(
         path,
         name=source.name,

@@ -20,6 +20,9 @@ class QuantizeProgress:
     def advance(self, tensors: int, nbytes: int) -> None:
         """Conversion wrote this many more tensors and bytes."""
 
+    def steps(self, done: int, total: int) -> None:
+        """A counted stage (the importance matrix's chunks) has done this many of `total`."""
+
     def tick(self, text: str) -> None:
         """Quantization is still going; `text` says where (e.g. "[ 12/272] blk.1.ffn_up")."""
 

@@ -1,0 +1,220 @@
+"""Importance matrices on the real SmolLM2-135M: computed in-process, against llama.cpp's own
+llama-imatrix (same text, same chunks) and llama-quantize --imatrix (same tensors), and what
+they are for: a lower KL divergence against F16, on a text other than the calibration text."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from llmrun.engine.model import extra_buffers_safe
+from llmrun.evaluate import evaluate
+from llmrun.quantize import quantize
+from llmrun.quantize.imatrix import SHIPPED_TEXT, Entry, Imatrix, compute_imatrix
+from tests.quantize_fixtures import smollm2_checkpoint
+from tests.test_models_cli import one_error_line
+
+THREADS = str(min(4, os.cpu_count() or 1))
+
+
+def _llama_tools() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "llama_tools", Path(__file__).parent.parent / "benchmarks" / "llama_tools.py"
+    )
+    assert spec and spec.loader
+    tools = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tools)
+    return tools
+
+
+def llama_tool(target: str) -> Path:
+    """llama.cpp's own tool, built from the vendored sources (CI: .ci/build-llama-tools)."""
+    return _llama_tools().build_tool(target)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("imatrix")
+
+
+@pytest.fixture(scope="module")
+def f16(work: Path) -> Path:
+    """SmolLM2-135M as F16 GGUF: the file the matrices are computed on and quantized from."""
+    return quantize(str(smollm2_checkpoint()), type="F16", output=work / "smollm2-F16.gguf").path
+
+
+@pytest.fixture(scope="module")
+def calibration(work: Path) -> Path:
+    text = resources.files("llmrun") / "data" / SHIPPED_TEXT
+    path = work / SHIPPED_TEXT
+    path.write_text(text.read_text(encoding="utf-8"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ours(f16: Path, calibration: Path, work: Path) -> Path:
+    """Our matrix over the shipped calibration text, in chunks of 512 (llama-imatrix's)."""
+    path = work / "ours.imatrix.gguf"
+    compute_imatrix(f16, calibration, ctx_size=512).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def q3_with(f16: Path, ours: Path, work: Path) -> Path:
+    """Our Q3_K_M, guided by our matrix."""
+    out = work / "Q3_K_M-with.gguf"
+    return quantize(str(f16), type="Q3_K_M", imatrix=ours, output=out, check=False).path
+
+
+@pytest.mark.slow
+def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Path) -> None:
+    theirs = work / "theirs.imatrix.gguf"
+    cmd = [str(llama_tool("llama-imatrix")), "-m", str(f16), "-f", str(calibration)]
+    cmd += ["-o", str(theirs), "-c", "512", "-t", THREADS, "--no-ppl"]
+    # As our engine: without extra CPU buffer types on an AMX CPU, which change F16 products
+    # by some 1e-4 (their sums then differ by that much: the text is the same).
+    cmd += [] if extra_buffers_safe() else ["--no-repack"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    a, b = Imatrix.load(ours), Imatrix.load(theirs)
+    assert (a.chunk_count, a.chunk_size) == (b.chunk_count, b.chunk_size)
+    assert a.chunk_count >= 3
+    assert sorted(a.entries) == sorted(b.entries)
+    assert len(a.entries) == 7 * 30  # q, k, v, o, gate, up, down in each of 30 blocks
+    for name, mine in a.entries.items():
+        ref = b.entries[name]
+        assert mine.sums.shape == ref.sums.shape, name
+        np.testing.assert_array_equal(mine.counts, ref.counts, err_msg=name)
+        np.testing.assert_allclose(mine.sums, ref.sums, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_file_is_llama_imatrix_format(ours: Path) -> None:
+    reader = GGUFReader(ours)
+    assert reader.fields["general.type"].contents() == "imatrix"
+    assert "general.architecture" not in reader.fields
+    assert reader.fields["imatrix.datasets"].contents() == [str(ours.parent / SHIPPED_TEXT)]
+    tensors = {t.name: t for t in reader.tensors}
+    sums, counts = tensors["blk.0.ffn_down.weight.in_sum2"], tensors["blk.0.ffn_down.weight.counts"]
+    assert list(sums.shape) == [1536, 1] and list(counts.shape) == [1, 1]  # ggml's ne order
+
+
+@pytest.mark.slow
+def test_llama_quantize_makes_the_same_tensors(
+    f16: Path, ours: Path, q3_with: Path, work: Path
+) -> None:
+    theirs = work / "theirs-Q3_K_M.gguf"
+    cmd = [str(llama_tool("llama-quantize")), "--imatrix", str(ours), str(f16), str(theirs)]
+    subprocess.run([*cmd, "Q3_K_M", THREADS], check=True, capture_output=True, timeout=600)
+    a, b = GGUFReader(q3_with), GGUFReader(theirs)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors, strict=True):
+        assert x.tensor_type == y.tensor_type, x.name
+        assert bytes(x.data) == bytes(y.data), x.name
+    for key in ("quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"):
+        assert a.fields[key].contents() == b.fields[key].contents(), key
+    assert a.fields["quantize.imatrix.entries_count"].contents() == 210
+
+
+@pytest.mark.slow
+def test_lower_kl_on_another_text(f16: Path, ours: Path, q3_with: Path, work: Path) -> None:
+    """Calibrated on calibration.txt, scored on alice.txt (evaluate's default text)."""
+    flat = work / "flat.imatrix.gguf"  # IQ3_XXS is not made without a matrix: all ones instead
+    _flat(Imatrix.load(ours)).save(flat)
+    files = {("Q3_K_M", "with"): q3_with}
+    for qtype, label, matrix in (
+        ("Q3_K_M", "without", None),
+        ("IQ3_XXS", "without", flat),
+        ("IQ3_XXS", "with", ours),
+    ):
+        out = work / f"{qtype}-{label}.gguf"
+        files[qtype, label] = quantize(
+            str(f16), type=qtype, imatrix=matrix, output=out, check=False
+        ).path
+    kl = {
+        key: evaluate(path, ref=f16, ctx_size=256, chunks=4).kl_mean for key, path in files.items()
+    }
+    for qtype in ("Q3_K_M", "IQ3_XXS"):
+        assert kl[qtype, "with"] < kl[qtype, "without"], kl
+
+
+def _flat(m: Imatrix) -> Imatrix:
+    entries = {
+        name: Entry(np.ones_like(e.sums), np.ones_like(e.counts)) for name, e in m.entries.items()
+    }
+    return Imatrix(entries, ["flat"], m.chunk_count, m.chunk_size)
+
+
+@pytest.mark.slow
+def test_cli_shipped_text_and_saved_matrix(f16: Path, ours: Path, work: Path, llmrun) -> None:
+    out, saved = work / "Q2_K_S.gguf", work / "saved.imatrix.gguf"  # Q2_K_S: needs one, and fast
+    args = ["quantize", str(f16), "--type", "Q2_K_S", "--imatrix", "--imatrix-out", str(saved)]
+    result = llmrun(*args, "-o", str(out))
+    assert result.code == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    a, b = Imatrix.load(saved), Imatrix.load(ours)
+    assert a.datasets == [SHIPPED_TEXT]
+    for name, e in a.entries.items():
+        np.testing.assert_allclose(e.sums, b.entries[name].sums, rtol=1e-5, err_msg=name)
+    assert "Q2_K" in {t.tensor_type.name for t in GGUFReader(out).tensors}
+
+
+@pytest.mark.slow
+def test_legacy_dat_loads_as_llama_quantize_reads_it(ours: Path, work: Path) -> None:
+    m = Imatrix.load(ours)
+    dat = work / "ours.dat"
+    dat.write_bytes(_legacy_bytes(m))
+    legacy = Imatrix.load(dat)
+    assert legacy.datasets == m.datasets and legacy.chunk_count == m.chunk_count
+    want, got = m.importance(), legacy.importance()
+    assert sorted(want) == sorted(got)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, err_msg=name)
+
+
+def _legacy_bytes(m: Imatrix) -> bytes:
+    """llama-imatrix's save_imatrix_legacy: per entry the mean times ncall (chunks seen)."""
+    out = [struct.pack("<i", len(m.entries))]
+    for name, e in sorted(m.entries.items()):
+        ncall = -(-int(e.counts.max()) // m.chunk_size)
+        values = (e.sums / e.counts[:, None] * ncall).astype(np.float32).ravel()
+        out += [struct.pack("<i", len(name)), name.encode(), struct.pack("<ii", ncall, values.size)]
+        out.append(values.tobytes())
+    dataset = m.datasets[0].encode()
+    out += [struct.pack("<ii", m.chunk_count, len(dataset)), dataset]
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------- refused before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--imatrix-out", "m.imatrix.gguf"], "--imatrix-out saves a computed importance matrix"),
+        (["--imatrix", "--type", "Q8_0"], "Q8_0 is written directly"),
+        (["--imatrix", "missing.txt"], "missing.txt: no such file"),
+        (["--imatrix", "a.txt", "--imatrix-text", "a.txt"], "not both"),
+    ],
+)
+def test_refused(args: list[str], says: str, smollm2: Path, tmp_path: Path, llmrun) -> None:
+    (tmp_path / "a.txt").write_text("some text", encoding="utf-8")
+    args = [str(tmp_path / a) if a.endswith((".txt", ".gguf")) else a for a in args]
+    result = llmrun("quantize", str(smollm2), *args, "-o", str(tmp_path / "out.gguf"))
+    assert says in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_model_is_not_a_matrix(smollm2: Path, tmp_path: Path, llmrun) -> None:
+    out = tmp_path / "o.gguf"
+    result = llmrun("quantize", str(smollm2), "--imatrix", str(smollm2), "-o", str(out))
+    assert "is a GGUF file but not an importance matrix" in one_error_line(result)
+    assert not out.exists()
