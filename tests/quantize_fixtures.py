@@ -605,6 +605,18 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         {"head_dim": 64, "tie_word_embeddings": True},
         lambda: sp_tokenizer("llama"),
     ),
+    # Convolution, then attention; the feed-forward width auto-adjusted (768 -> 512)
+    "lfm2": (
+        "Lfm2ForCausalLM",
+        "Lfm2Config",
+        {
+            "layer_types": ["conv", "full_attention"],
+            "intermediate_size": 768,
+            "block_multiple_of": 256,
+            "tie_word_embeddings": True,
+        },
+        smollm2_tokenizer,
+    ),
 }
 
 

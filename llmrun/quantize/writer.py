@@ -32,6 +32,7 @@ ROUTERS_AND_POSITIONS = (
     gguf.MODEL_TENSOR.FFN_GATE_INP,
     gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP,
     gguf.MODEL_TENSOR.POS_EMBD,
+    gguf.MODEL_TENSOR.SHORTCONV_CONV,  # LFM2's kernels: llama.cpp's ssm_conv takes F32 only
 )
 # Tensors that stay F32 whatever type was asked for, and why: llama.cpp's kernels
 # for these take F32, and they are a tiny part of the model.
@@ -41,7 +42,7 @@ KEEP_F32: tuple[tuple[str, Callable[[TensorPlan], bool]], ...] = (
     # (a LoRA adapter's halves of a weight, *.lora_a and *.lora_b, are weights too)
     ("anything but a weight", lambda p: not p.name.endswith((".weight", ".lora_a", ".lora_b"))),
     (
-        "routers (and the shared expert's gate) and position tables",
+        "routers (and the shared expert's gate), position tables, convolution kernels",
         lambda p: p.kind in ROUTERS_AND_POSITIONS,
     ),
 )

@@ -37,6 +37,7 @@ ARCHITECTURES: dict[str, str] = {
     "GraniteMoeForCausalLM": "granitemoe",
     "GraniteMoeSharedForCausalLM": "granitemoe",
     "GptOssForCausalLM": "gptoss",
+    "Lfm2ForCausalLM": "lfm2",
 }
 
 
