@@ -617,6 +617,32 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         },
         smollm2_tokenizer,
     ),
+    # Llama 4 text part: four layers, so that every other one has experts (4, 1 used, and a
+    # shared expert) and the last attends without RoPE; a tiny vision tower, left out
+    "llama4": (
+        "Llama4ForConditionalGeneration",
+        "Llama4Config",
+        {
+            "text_config": {
+                "num_hidden_layers": 4,
+                "head_dim": 64,
+                "intermediate_size": 512,
+                "intermediate_size_mlp": 768,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 1,
+                "interleave_moe_layer_step": 2,
+                "tie_word_embeddings": False,
+            },
+            "vision_config": {
+                **VISION,
+                "vision_output_dim": 32,
+                "projector_input_dim": 32,
+                "projector_output_dim": 32,
+            },
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
 }
 
 
@@ -654,7 +680,9 @@ def tiny_checkpoint(arch: str) -> Path:
                 if p.ndim == 1:
                     p.add_(0.1 * torch.randn_like(p))
         model.save_pretrained(out)
-        save_reference(model, tok, out)
+        # transformers 5.24's Llama4ForConditionalGeneration fails to wrap a text-only output
+        # (no image_outputs); its language model is what computed the logits.
+        save_reference(model.language_model if arch == "llama4" else model, tok, out)
 
     return cached(f"tiny-{arch}", build)
 

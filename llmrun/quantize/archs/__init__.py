@@ -38,6 +38,7 @@ ARCHITECTURES: dict[str, str] = {
     "GraniteMoeSharedForCausalLM": "granitemoe",
     "GptOssForCausalLM": "gptoss",
     "Lfm2ForCausalLM": "lfm2",
+    "Llama4ForConditionalGeneration": "llama4",
 }
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 
 import gguf
 import numpy as np
@@ -28,15 +27,11 @@ from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
 from llmrun.quantize.archs.base import TensorPlan
-from llmrun.quantize.archs.moe import MoeConverter
+from llmrun.quantize.archs.moe import MoeConverter, transposed, viewed
 from llmrun.quantize.checkpoint import Checkpoint
 
 Layout = Callable[[np.ndarray], np.ndarray]
 EXPERTS = re.compile(r"(?P<stem>.+\.experts)\.(?P<what>gate_up_proj|down_proj)(?P<bias>_bias)?")
-
-
-def _transposed(a: np.ndarray) -> np.ndarray:
-    return a.swapaxes(-1, -2)
 
 
 def _columns(start: int) -> Layout:
@@ -46,14 +41,6 @@ def _columns(start: int) -> Layout:
 
 def _every_other(start: int) -> Layout:
     return lambda a: a[..., start::2]
-
-
-def _viewed(plan: TensorPlan, name: str, layout: Layout | None) -> tuple[str, TensorPlan]:
-    """`plan` renamed, read through `layout`; its shape is the view's (of no data)."""
-    if layout is None:
-        return name, replace(plan, name=name)
-    shape = layout(np.broadcast_to(np.uint8(0), plan.shape)).shape
-    return name, replace(plan, name=name, shape=shape, layout=layout)
 
 
 class GptOssConverter(MoeConverter):
@@ -88,11 +75,11 @@ class GptOssConverter(MoeConverter):
             bias = m["bias"] is not None
             stem, suffix = m["stem"], "bias" if bias else "weight"
             if m["what"] == "down_proj":
-                yield _viewed(plan, f"{stem}.down_proj.{suffix}", None if bias else _transposed)
+                yield viewed(plan, f"{stem}.down_proj.{suffix}", None if bias else transposed)
                 continue
             pick = _every_other if bias else _columns
-            yield _viewed(plan, f"{stem}.gate_proj.{suffix}", pick(0))
-            yield _viewed(plan, f"{stem}.up_proj.{suffix}", pick(1))
+            yield viewed(plan, f"{stem}.gate_proj.{suffix}", pick(0))
+            yield viewed(plan, f"{stem}.up_proj.{suffix}", pick(1))
 
 
 CONVERTER = GptOssConverter

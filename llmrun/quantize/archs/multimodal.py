@@ -16,8 +16,10 @@ from llmrun.quantize.archs.base import Converter, TensorPlan
 TEXT_PREFIXES = {"model.language_model.": "model.", "language_model.": ""}
 VISION_PREFIXES = (
     "vision_tower.",
+    "vision_model.",  # Llama 4's
     "multi_modal_projector.",
     "model.vision_tower.",
+    "model.vision_model.",
     "model.multi_modal_projector.",
 )
 
