@@ -47,6 +47,14 @@ LoraBaseOpt = Annotated[
         show_default=False,
     ),
 ]
+DequantizeMxfp4Opt = Annotated[
+    bool,
+    typer.Option(
+        "--dequantize-mxfp4",
+        help="Decode MXFP4 experts (gpt-oss) and write them at --type, rather than keep them "
+        "MXFP4 (which only F32, F16, BF16 and Q8_0 files allow).",
+    ),
+]
 MergeLoraOpt = Annotated[
     Path | None,
     typer.Option(
@@ -205,6 +213,7 @@ def quantize_cmd(
     eval: EvalOpt = False,
     lora_base: LoraBaseOpt = None,
     merge_lora: MergeLoraOpt = None,
+    dequantize_mxfp4: DequantizeMxfp4Opt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
@@ -222,6 +231,7 @@ def quantize_cmd(
     llmrun quantize --list-archs
     llmrun quantize ./my-adapter --lora-base ./Llama-3.2-1B-Instruct -o my-adapter.gguf
     llmrun quantize ./Llama-3.2-1B-Instruct --merge-lora ./my-adapter --type Q4_K_M
+    llmrun quantize ./gpt-oss-20b --type Q4_K_M --dequantize-mxfp4
     """
     quiet_stderr(quiet)
     if list_types:
@@ -248,6 +258,7 @@ def quantize_cmd(
             model,
             type=type or DEFAULT_TYPE,
             merge_lora=merge_lora,
+            dequantize_mxfp4=dequantize_mxfp4,
             output=output,
             force=force,
             keep_f16=keep_f16,

@@ -28,6 +28,8 @@ DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),
 }
+# Bytes of packed weights (MXFP4 blocks and scales), which only their family's module unpacks.
+PACKED_DTYPES: dict[str, np.dtype] = {"U8": np.dtype("u1")}
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class SourceTensor:
     """One tensor of the checkpoint, not yet read."""
 
     name: str
-    dtype: str  # "F32", "F16" or "BF16"
+    dtype: str  # "F32", "F16" or "BF16"; "U8" for packed weights
     shape: tuple[int, ...]
     file: Path
     offset: int  # of its data in the file
@@ -43,9 +45,9 @@ class SourceTensor:
 
     def array(self) -> np.ndarray:
         """The tensor's data, memory-mapped read-only, in its stored representation."""
+        dtype = {**DTYPES, **PACKED_DTYPES}[self.dtype]
         if self.nbytes == 0:
-            return np.zeros(self.shape, DTYPES[self.dtype])
-        dtype = DTYPES[self.dtype]
+            return np.zeros(self.shape, dtype)
         count = self.nbytes // dtype.itemsize
         return np.memmap(self.file, dtype, "r", self.offset, (count,)).reshape(self.shape)
 

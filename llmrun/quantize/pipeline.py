@@ -65,11 +65,16 @@ def quantize(
     progress: QuantizeProgress | None = None,
     evaluate: Evaluate | None = None,
     merge_lora: Path | None = None,
+    dequantize_mxfp4: bool = False,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
 
     `merge_lora`: a PEFT LoRA adapter folder, baked into the weights (W + alpha/r * B @ A)
     while converting; the output is named <model>-<adapter> so it never replaces the base.
+
+    `dequantize_mxfp4`: MXFP4 weights of the checkpoint (gpt-oss's experts) decoded and
+    written at `type`; otherwise they stay MXFP4, as llama.cpp's converter keeps them,
+    which only the types written here allow (F32/F16/BF16/Q8_0 for the other tensors).
 
     `evaluate(output, reference)` runs once the output is in place, while the
     higher-precision file it was made from still exists (the input GGUF, or the
@@ -89,7 +94,13 @@ def quantize(
     if source.kind == "gguf" and source.path.resolve() == out.resolve():
         raise BadInput(f"{out} is both the input and the output", "give another -o")
     started = time.monotonic()
-    job = _prepare(source, progress, adapter)  # every check of the input, before any write
+    job = _prepare(source, progress, adapter, dequantize_mxfp4)  # every check, before writing
+    if not qtype.direct and any(p.raw_type is not None for p in job.plans or ()):
+        raise BadInput(
+            f"{source.path}: its experts are MXFP4, kept as they are in F32, F16, BF16 and "
+            f"Q8_0 files; llama.cpp does not requantize them to {qtype.name}",
+            "add --dequantize-mxfp4 to decode them first, or give --type Q8_0",
+        )
     in_store = output is None or store.inside_store(out)
     # The store's writers take its lock; elsewhere the rename alone keeps readers safe,
     # and no lock file is left beside the user's file.
@@ -179,13 +190,19 @@ class _Job:
         return result
 
 
-def _prepare(source: Source, progress: QuantizeProgress, adapter: LoraAdapter | None) -> _Job:
+def _prepare(
+    source: Source,
+    progress: QuantizeProgress,
+    adapter: LoraAdapter | None,
+    dequantize_mxfp4: bool = False,
+) -> _Job:
     if source.kind == "gguf":
         _check_requantizable(source.path)
         return _Job(source)
     progress.stage(f"reading {source.path}")
     ckpt = open_checkpoint(source.path)
     conv = converter_for(ckpt)
+    conv.dequantize_mxfp4 = dequantize_mxfp4
     vocab = load_vocab(ckpt, conv.n_vocab)
     conv.adjust_vocab(vocab)
     plans = conv.plans()

@@ -88,6 +88,8 @@ _NUMPY_ITEMS: dict[type, tuple[GGUFValueType, str]] = {
 
 
 def tensor_type(plan: TensorPlan, want: QT) -> QT:
+    if plan.raw_type is not None:
+        return plan.raw_type
     if any(rule(plan) for _, rule in KEEP_F32):
         return QT.F32
     block = GGML_QUANT_SIZES[want][0]
@@ -117,7 +119,7 @@ def write_gguf(
     w = _Writer(path=None, arch=arch)
     add_metadata(w)
     if not adapter:
-        w.add_file_type(int(qtype.ftype))
+        w.add_file_type(int(file_type(plans, qtype)))
     if adapter or qtype.tensor_type not in (QT.F32, QT.F16, QT.BF16):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     types = [tensor_type(p, qtype.tensor_type) for p in plans]
@@ -148,7 +150,18 @@ def write_gguf(
         progress.end()
 
 
+def file_type(plans: list[TensorPlan], qtype: QuantType) -> gguf.LlamaFileType:
+    """general.file_type: the asked type's, or MXFP4-MoE when MXFP4 experts are kept in a
+    float file, as llama.cpp's converter says."""
+    kept = any(p.raw_type == QT.MXFP4 for p in plans)
+    if kept and qtype.tensor_type in (QT.F32, QT.F16, QT.BF16):
+        return gguf.LlamaFileType.MOSTLY_MXFP4_MOE
+    return qtype.ftype
+
+
 def _check_source(plan: TensorPlan) -> None:
+    if plan.read is not None:  # reads its (packed) inputs itself
+        return
     for src in plan.inputs:
         if src.dtype not in DTYPES:
             raise BadInput(
@@ -161,6 +174,11 @@ def _check_source(plan: TensorPlan) -> None:
 def _chunks(plan: TensorPlan, qtype: QT) -> Iterator[np.ndarray]:
     """The tensor's bytes in `qtype`, a few rows at a time."""
     row = plan.shape[-1] if plan.shape else 1
+    if plan.raw_type is not None:
+        assert plan.read is not None and qtype == plan.raw_type, plan.name
+        for raw in plan.read():
+            yield np.ascontiguousarray(raw, dtype=np.uint8)
+        return
     for array, stored in _arrays(plan):
         if plan.layout is not None:
             array = plan.layout(array)
@@ -185,6 +203,10 @@ def _arrays(plan: TensorPlan) -> Iterator[tuple[np.ndarray, str]]:
     """
     if plan.data is not None:
         yield plan.data, "F32"
+        return
+    if plan.read is not None:
+        for values in plan.read():
+            yield values, "F32"
         return
     assert plan.inputs, plan.name
     for src in plan.inputs:

@@ -47,6 +47,10 @@ class TensorPlan:
     chunk at a time. `data` is for tensors computed here rather than read.
     `parts` (instead of `source`) are stacked on a new first axis, as experts
     are: the writer reads them one after the other, so `layout` applies to each.
+    `read` (with `parts` naming what it reads) makes the tensor from several inputs at
+    write time, a few rows at a time: float32 values, or, with `raw_type`, bytes already
+    of that GGML type (MXFP4 experts, kept as the checkpoint has them, whatever the type
+    asked for).
     """
 
     name: str
@@ -57,6 +61,8 @@ class TensorPlan:
     values: Callable[[np.ndarray], np.ndarray] | None = None
     data: np.ndarray | None = None
     parts: tuple[SourceTensor, ...] = ()
+    read: Callable[[], Iterator[np.ndarray]] | None = None
+    raw_type: gguf.GGMLQuantizationType | None = None
 
     @property
     def inputs(self) -> tuple[SourceTensor, ...]:
@@ -74,6 +80,9 @@ class Converter:
     """A Llama-like decoder: the defaults suit most families."""
 
     arch: ClassVar[gguf.MODEL_ARCH]
+    # Packed weights (MXFP4 experts) decoded to floats and written at the asked type,
+    # rather than kept as they are (`quantize --dequantize-mxfp4`).
+    dequantize_mxfp4: bool = False
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
