@@ -605,6 +605,44 @@ DENSE_ARCHS_2: dict[str, tuple[str, str, dict[str, Any], Callable[[], Path]]] = 
         {"head_dim": 64, "tie_word_embeddings": True},
         lambda: sp_tokenizer("llama"),
     ),
+    # Convolution, then attention; the feed-forward width auto-adjusted (768 -> 512)
+    "lfm2": (
+        "Lfm2ForCausalLM",
+        "Lfm2Config",
+        {
+            "layer_types": ["conv", "full_attention"],
+            "intermediate_size": 768,
+            "block_multiple_of": 256,
+            "tie_word_embeddings": True,
+        },
+        smollm2_tokenizer,
+    ),
+    # Llama 4 text part: four layers, so that every other one has experts (4, 1 used, and a
+    # shared expert) and the last attends without RoPE; a tiny vision tower, left out
+    "llama4": (
+        "Llama4ForConditionalGeneration",
+        "Llama4Config",
+        {
+            "text_config": {
+                "num_hidden_layers": 4,
+                "head_dim": 64,
+                "intermediate_size": 512,
+                "intermediate_size_mlp": 768,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 1,
+                "interleave_moe_layer_step": 2,
+                "tie_word_embeddings": False,
+            },
+            "vision_config": {
+                **VISION,
+                "vision_output_dim": 32,
+                "projector_input_dim": 32,
+                "projector_output_dim": 32,
+            },
+            "tie_word_embeddings": False,
+        },
+        smollm2_tokenizer,
+    ),
 }
 
 
@@ -642,7 +680,9 @@ def tiny_checkpoint(arch: str) -> Path:
                 if p.ndim == 1:
                     p.add_(0.1 * torch.randn_like(p))
         model.save_pretrained(out)
-        save_reference(model, tok, out)
+        # transformers 5.24's Llama4ForConditionalGeneration fails to wrap a text-only output
+        # (no image_outputs); its language model is what computed the logits.
+        save_reference(model.language_model if arch == "llama4" else model, tok, out)
 
     return cached(f"tiny-{arch}", build)
 
@@ -664,3 +704,76 @@ def save_reference(model: Any, tok: Any, out: Path) -> None:
 def reference(folder: Path) -> list[tuple[list[int], np.ndarray]]:
     refs = json.loads((folder / "reference.json").read_text(encoding="utf-8"))
     return [(r["ids"], np.load(folder / r["logits"])) for r in refs]
+
+
+# ---------------------------------------------------------------- MXFP4 gpt-oss
+
+E2M1_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], dtype=np.float32)
+
+
+def pack_mxfp4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `w` (..., K, K a multiple of 32) as OpenAI's checkpoints store MXFP4, from
+    the OCP Microscaling spec: per block of 32, an E8M0 scale 2^(floor(log2(max|x|)) - 2)
+    (E2M1's largest exponent is 2) and each value rounded to the nearest E2M1 of x/scale,
+    clamped to +-6; two 4-bit codes a byte, the earlier in the low nibble.
+    Returns (blocks (..., K/32, 16) uint8, scales (..., K/32) uint8)."""
+    x = w.astype(np.float32).reshape(*w.shape[:-1], w.shape[-1] // 32, 32)
+    amax = np.abs(x).max(axis=-1)
+    exponent = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 1e-38))) - 2, -127)
+    exponent = np.clip(exponent, -127, 127).astype(np.int32)
+    scaled = x / np.ldexp(np.float32(1), exponent)[..., None]
+    magnitude = np.abs(np.abs(scaled)[..., None] - E2M1_MAGNITUDES).argmin(axis=-1)
+    codes = (magnitude | np.where(scaled < 0, 8, 0)).astype(np.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks.astype(np.uint8), (exponent + 127).astype(np.uint8)
+
+
+def unpack_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    codes = np.stack((blocks & 0x0F, blocks >> 4), axis=-1).reshape(*blocks.shape[:-1], 32)
+    values = E2M1_MAGNITUDES[codes & 7] * np.where(codes & 8, -1.0, 1.0).astype(np.float32)
+    values = values * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
+    return values.reshape(*values.shape[:-2], -1).astype(np.float32)
+
+
+def mxfp4_gptoss() -> Path:
+    """The tiny gpt-oss checkpoint with its experts packed in MXFP4 (`*_blocks`, `*_scales`,
+    quantization_config mxfp4), as OpenAI released gpt-oss; reference.json's logits are
+    transformers' with the experts set to the MXFP4 values (exact in float32)."""
+
+    def build(out: Path) -> None:
+        import torch
+        import transformers
+        from safetensors.numpy import load_file, save_file
+
+        torch.set_num_threads(1)
+        src = tiny_checkpoint("gptoss")
+        for f in src.iterdir():
+            if f.is_file() and f.name not in (".done", "model.safetensors"):
+                shutil.copy(f, out / f.name)
+        tensors = load_file(src / "model.safetensors")
+        packed: dict[str, np.ndarray] = {}
+        exact: dict[str, np.ndarray] = {}
+        for name, value in tensors.items():
+            if not name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                packed[name] = value
+                continue
+            rows = np.ascontiguousarray(value.swapaxes(-1, -2))  # out x in, as MXFP4 stores
+            blocks, scales = pack_mxfp4(rows)
+            packed[f"{name}_blocks"], packed[f"{name}_scales"] = blocks, scales
+            exact[name] = unpack_mxfp4(blocks, scales).swapaxes(-1, -2)
+        save_file(packed, out / "model.safetensors", metadata={"format": "pt"})
+        config = json.loads((src / "config.json").read_text())
+        config["quantization_config"] = {
+            "quant_method": "mxfp4",
+            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router"],
+        }
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        model = transformers.GptOssForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in exact.items():
+                params[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        save_reference(model, transformers.AutoTokenizer.from_pretrained(src), out)
+        np.savez(out / "experts.npz", **exact)
+
+    return cached("tiny-gptoss-mxfp4", build)

@@ -9,8 +9,10 @@ import shutil
 import weakref
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
+from gguf.quants import dequantize
 
 from llmrun.errors import BadInput
 from llmrun.ggufinfo import read_info
@@ -25,7 +27,9 @@ from tests.quantize_checks import (
     llama_logits,
     relative_error,
 )
-from tests.quantize_fixtures import MOE_ARCHS, reference, tiny_checkpoint
+from tests.quantize_fixtures import MOE_ARCHS, mxfp4_gptoss, reference, tiny_checkpoint
+
+QT = gguf.GGMLQuantizationType
 
 # Differences from llama.cpp's converter that are not the experts', by fixture, and why.
 KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
@@ -151,16 +155,45 @@ def test_a_fused_layout_other_than_transformers_is_refused(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_mxfp4_gpt_oss_is_refused_with_the_way_around(tmp_path: Path) -> None:
-    from safetensors.numpy import save_file
+def test_mxfp4_gpt_oss_is_llama_cpps_file_with_transformers_logits(
+    tmp_path: Path, llama_cpp_src: Path
+) -> None:
+    """OpenAI's layout: experts kept MXFP4, repacked as llama.cpp's converter does; the
+    logits are transformers' with the experts at their MXFP4 values."""
+    ckpt = mxfp4_gptoss()
+    ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
+    assert gguf_differences(ours, theirs, PROVENANCE) == []
+    reader = gguf.GGUFReader(ours)
+    exps = {t.name: t for t in reader.tensors if "_exps.weight" in t.name}
+    assert len(exps) == 6 and {t.tensor_type for t in exps.values()} == {QT.MXFP4}
+    # ggml's MXFP4 decoder (gguf-py's) reads back the fixture's values, gate rows first
+    want = np.load(ckpt / "experts.npz")["model.layers.1.mlp.experts.gate_up_proj"]
+    got = dequantize(exps["blk.1.ffn_gate_exps.weight"].data, QT.MXFP4)
+    np.testing.assert_array_equal(got, want.swapaxes(-1, -2)[:, 0::2, :])
+    # llama.cpp multiplies MXFP4 weights by activations rounded to 8 bits (Q8_0, its
+    # vec_dot_type for MXFP4): 1.6e-2 measured here. The file's values are exact (above),
+    # and decoded to F32 they give transformers' logits within 1e-3 (the next test).
+    for ids, logits in reference(ckpt):
+        err = relative_error(llama_logits(ours, ids), logits)
+        assert err < 3e-2, f"MXFP4 gpt-oss F32: logits differ by {err:.2e} (relative)"
 
-    folder = tmp_path / "gptoss"
-    shutil.copytree(tiny_checkpoint("gptoss"), folder)
-    blocks = {"model.layers.0.mlp.experts.down_proj_blocks": np.zeros((4, 2, 16), np.uint8)}
-    save_file(blocks, folder / "mxfp4.safetensors")
+
+@pytest.mark.slow
+def test_mxfp4_dequantized_when_asked_and_refused_beyond_q8_0(tmp_path: Path) -> None:
+    ckpt = str(mxfp4_gptoss())
     with pytest.raises(BadInput, match="MXFP4") as e:
-        converter_for(open_checkpoint(folder))
-    assert "BF16" in (e.value.remedy or "")
+        quantize(ckpt, type="Q4_K_M", output=tmp_path / "q4.gguf")
+    assert "--dequantize-mxfp4" in (e.value.remedy or "")
+    assert not (tmp_path / "q4.gguf").exists()
+    out = quantize(ckpt, type="F32", output=tmp_path / "f32.gguf", dequantize_mxfp4=True).path
+    types = {t.tensor_type for t in gguf.GGUFReader(out).tensors if "_exps" in t.name}
+    assert types == {QT.F32}
+    for ids, logits in reference(mxfp4_gptoss()):
+        assert relative_error(llama_logits(out, ids), logits) < 1e-3
+    q4 = quantize(ckpt, type="Q4_K_M", output=tmp_path / "q4.gguf", dequantize_mxfp4=True).path
+    assert read_info(q4).quant == "Q4_K_M"
+    assert generate(q4, "The quick brown fox", n=8)
 
 
 def _edited(arch: str, tmp_path: Path, **config: object) -> Path:

@@ -61,7 +61,9 @@ SPECIAL = {
     "gemma": "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
     "phi3": "<|user|>\nHi there<|end|>\n<|assistant|>\n",
 }
-BPE = ("llama", "qwen2", "llama3")
+SPECIAL["lfm2"] = SPECIAL["llama4"] = SPECIAL["llama"]
+# lfm2 and llama4 have SmolLM2's tokenizer, as llama: their own converters export it
+BPE = ("llama", "qwen2", "llama3", "lfm2", "llama4")
 SENTENCEPIECE = ("mistral", "gemma", "phi3")
 
 

@@ -48,6 +48,14 @@ LoraBaseOpt = Annotated[
         show_default=False,
     ),
 ]
+DequantizeMxfp4Opt = Annotated[
+    bool,
+    typer.Option(
+        "--dequantize-mxfp4",
+        help="Decode MXFP4 experts (gpt-oss) and write them at --type, rather than keep them "
+        "MXFP4 (which only F32, F16, BF16 and Q8_0 files allow).",
+    ),
+]
 MergeLoraOpt = Annotated[
     Path | None,
     typer.Option(
@@ -300,6 +308,7 @@ def quantize_cmd(
     imatrix: ImatrixOpt = None,
     imatrix_text: ImatrixTextOpt = None,
     imatrix_out: ImatrixOutOpt = None,
+    dequantize_mxfp4: DequantizeMxfp4Opt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF and quantize it, or requantize a GGUF.
@@ -333,6 +342,7 @@ def quantize_cmd(
     llmrun quantize ./Llama-3.2-1B-Instruct --type IQ3_XXS --imatrix
     llmrun quantize m-F16.gguf --type Q4_K_M --imatrix book.txt --imatrix-out m.imatrix.gguf
     llmrun quantize m-F16.gguf --type IQ2_XS --imatrix m.imatrix.gguf
+    llmrun quantize ./gpt-oss-20b --type Q4_K_M --dequantize-mxfp4
     """
     quiet_stderr(quiet)
     if list_types:
@@ -365,6 +375,7 @@ def quantize_cmd(
             merge_lora=merge_lora,
             imatrix=guide,
             imatrix_out=imatrix_out,
+            dequantize_mxfp4=dequantize_mxfp4,
             output=output,
             force=force,
             keep_f16=keep_f16,

@@ -78,6 +78,7 @@ def quantize(
     mmproj_type: str = DEFAULT_MMPROJ_TYPE,
     imatrix: Path | bool | None = None,
     imatrix_out: Path | None = None,
+    dequantize_mxfp4: bool = False,
 ) -> Result:
     """Convert and/or quantize MODEL (a pulled model, alias, checkpoint folder or GGUF).
 
@@ -91,6 +92,9 @@ def quantize(
     `mmproj`: also write the vision tower and projector of an image-and-text checkpoint,
     in `mmproj_type` (F16, or F32, BF16, Q8_0), as mmproj-<model>-<TYPE>.gguf beside the
     model file (`projector_path`); an existing one is kept unless `force`.
+    `dequantize_mxfp4`: MXFP4 weights of the checkpoint (gpt-oss's experts) decoded and
+    written at `type`; otherwise they stay MXFP4, as llama.cpp's converter keeps them,
+    which only the types written here allow (F32/F16/BF16/Q8_0 for the other tensors).
 
     `evaluate(output, reference)` runs once the output is in place, while the
     higher-precision file it was made from still exists (the input GGUF, or the
@@ -120,7 +124,13 @@ def quantize(
         raise BadInput(f"{out} is both the input and the output", "give another -o")
     started = time.monotonic()
     # every check of the input, before any write
-    job = _prepare(source, progress, adapter, projector=mmproj)
+    job = _prepare(source, progress, adapter, projector=mmproj, dequantize_mxfp4=dequantize_mxfp4)
+    if not qtype.direct and any(p.raw_type is not None for p in job.plans or ()):
+        raise BadInput(
+            f"{source.path}: its experts are MXFP4, kept as they are in F32, F16, BF16 and "
+            f"Q8_0 files; llama.cpp does not requantize them to {qtype.name}",
+            "add --dequantize-mxfp4 to decode them first, or give --type Q8_0",
+        )
     in_store = output is None or store.inside_store(out)
     # The store's writers take its lock; elsewhere the rename alone keeps readers safe,
     # and no lock file is left beside the user's file.
@@ -279,7 +289,11 @@ class _Job:
 
 
 def _prepare(
-    source: Source, progress: QuantizeProgress, adapter: LoraAdapter | None, projector: bool
+    source: Source,
+    progress: QuantizeProgress,
+    adapter: LoraAdapter | None,
+    projector: bool,
+    dequantize_mxfp4: bool = False,
 ) -> _Job:
     if source.kind == "gguf":
         if projector:
@@ -293,6 +307,7 @@ def _prepare(
     progress.stage(f"reading {source.path}")
     ckpt = open_checkpoint(source.path)
     conv = converter_for(ckpt)
+    conv.dequantize_mxfp4 = dequantize_mxfp4
     vocab = conv.vocab()
     conv.adjust_vocab(vocab)
     plans = conv.plans()

@@ -34,6 +34,7 @@ ROUTERS_AND_POSITIONS = (
     gguf.MODEL_TENSOR.POS_EMBD,
     gguf.MODEL_TENSOR.TOKEN_TYPES,  # BERT's: llama.cpp adds a row of it to F32 activations
     gguf.MODEL_TENSOR.V_ENC_EMBD_POS,  # a vision tower's (projector.py)
+    gguf.MODEL_TENSOR.SHORTCONV_CONV,  # LFM2's kernels: llama.cpp's ssm_conv takes F32 only
 )
 Rule = tuple[str, Callable[[TensorPlan], bool]]
 # Tensors that stay F32 whatever type was asked for, and why: llama.cpp's kernels
@@ -48,7 +49,8 @@ DEFAULT_F32: tuple[Rule, ...] = (
     # (a LoRA adapter's halves of a weight, *.lora_a and *.lora_b, are weights too)
     ("anything but a weight", lambda p: not p.name.endswith((".weight", ".lora_a", ".lora_b"))),
     (
-        "routers (and the shared expert's gate), position and token-type tables",
+        "routers (and the shared expert's gate), position and token-type tables, convolution"
+        " kernels",
         lambda p: p.kind in ROUTERS_AND_POSITIONS,
     ),
 )
@@ -94,6 +96,8 @@ _NUMPY_ITEMS: dict[type, tuple[GGUFValueType, str]] = {
 
 
 def tensor_type(plan: TensorPlan, want: QT) -> QT:
+    if plan.raw_type is not None:
+        return plan.raw_type
     if any(rule(plan) for _, rule in KEEP_F32):
         return QT.F32
     if plan.fixed_type is not None:
@@ -127,7 +131,7 @@ def write_gguf(
     w = _Writer(path=None, arch=arch)
     add_metadata(w)
     if not adapter:
-        w.add_file_type(int(qtype.ftype))
+        w.add_file_type(int(file_type(plans, qtype)))
     if adapter or qtype.tensor_type not in (QT.F32, QT.F16, QT.BF16):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     types = [tensor_type(p, qtype.tensor_type) for p in plans]
@@ -158,7 +162,18 @@ def write_gguf(
         progress.end()
 
 
+def file_type(plans: list[TensorPlan], qtype: QuantType) -> gguf.LlamaFileType:
+    """general.file_type: the asked type's, or MXFP4-MoE when MXFP4 experts are kept in a
+    float file, as llama.cpp's converter says."""
+    kept = any(p.raw_type == QT.MXFP4 for p in plans)
+    if kept and qtype.tensor_type in (QT.F32, QT.F16, QT.BF16):
+        return gguf.LlamaFileType.MOSTLY_MXFP4_MOE
+    return qtype.ftype
+
+
 def _check_source(plan: TensorPlan) -> None:
+    if plan.read is not None:  # reads its (packed) inputs itself
+        return
     for src in plan.inputs:
         if src.dtype not in DTYPES:
             raise BadInput(
@@ -171,6 +186,11 @@ def _check_source(plan: TensorPlan) -> None:
 def _chunks(plan: TensorPlan, qtype: QT) -> Iterator[np.ndarray]:
     """The tensor's bytes in `qtype`, a few rows at a time."""
     row = plan.shape[-1] if plan.shape else 1
+    if plan.raw_type is not None:
+        assert plan.read is not None and qtype == plan.raw_type, plan.name
+        for raw in plan.read():
+            yield np.ascontiguousarray(raw, dtype=np.uint8)
+        return
     for array, stored in _arrays(plan):
         if plan.layout is not None:
             array = plan.layout(array)
@@ -195,6 +215,10 @@ def _arrays(plan: TensorPlan) -> Iterator[tuple[np.ndarray, str]]:
     """
     if plan.data is not None:
         yield plan.data, "F32"
+        return
+    if plan.read is not None:
+        for values in plan.read():
+            yield values, "F32"
         return
     assert plan.inputs, plan.name
     for src in plan.inputs:

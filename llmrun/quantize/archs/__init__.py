@@ -52,6 +52,8 @@ ARCHITECTURES: dict[str, str] = {
     "BertModel": "bert",
     "NomicBertModel": "nomic_bert",
     "XLMRobertaModel": "xlmroberta",
+    "Lfm2ForCausalLM": "lfm2",
+    "Llama4ForConditionalGeneration": "llama4",
 }
 
 

@@ -53,6 +53,10 @@ class TensorPlan:
     are: the writer reads them one after the other, so `layout` applies to each.
     `fixed_type` is a family's rule for this tensor's GGUF type, given the type asked
     for (llama.cpp's tensor_force_quant); None leaves it to the writer's tables.
+    `read` (with `parts` naming what it reads) makes the tensor from several inputs at
+    write time, a few rows at a time: float32 values, or, with `raw_type`, bytes already
+    of that GGML type (MXFP4 experts, kept as the checkpoint has them, whatever the type
+    asked for).
     """
 
     name: str
@@ -64,6 +68,8 @@ class TensorPlan:
     data: np.ndarray | None = None
     parts: tuple[SourceTensor, ...] = ()
     fixed_type: Callable[[QT], QT] | None = None
+    read: Callable[[], Iterator[np.ndarray]] | None = None
+    raw_type: gguf.GGMLQuantizationType | None = None
 
     @property
     def inputs(self) -> tuple[SourceTensor, ...]:
@@ -95,6 +101,9 @@ class Converter:
     required: ClassVar[dict[str, str]] = {
         "token_embd.weight": "the checkpoint has no token embedding (embed_tokens.weight)"
     }
+    # Packed weights (MXFP4 experts) decoded to floats and written at the asked type,
+    # rather than kept as they are (`quantize --dequantize-mxfp4`).
+    dequantize_mxfp4: bool = False
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt

@@ -1,4 +1,5 @@
-"""GPT-OSS (GptOssForCausalLM), from a BF16/F16/F32 checkpoint: attention with biases,
+"""GPT-OSS (GptOssForCausalLM), from OpenAI's MXFP4 release or a BF16/F16/F32 checkpoint:
+attention with biases,
 per-head sinks and a sliding window on every other layer, YaRN RoPE, and experts with
 biases, stored stacked.
 
@@ -8,8 +9,10 @@ Quirks:
   n_expert x ff x hidden: both transposed from llama.cpp's, which takes them as views.
   Their biases (`gate_up_proj_bias`, interleaved too, and `down_proj_bias`) go with them.
 - `self_attn.sinks` lacks the `.weight` gguf-py's names expect.
-- OpenAI's released checkpoints hold the experts in MXFP4 (`*_blocks`, `*_scales`), which
-  llmrun does not repack yet: those are refused, with the way around.
+- OpenAI's released checkpoints hold the experts in MXFP4 (`*_blocks`, `*_scales`: rows
+  already out x in, gate and up rows interleaved). They are repacked into ggml's MXFP4
+  blocks, whatever the type asked for, as llama.cpp's converter does (mxfp4.py), a
+  layer's expert at a time; or decoded to floats with `dequantize_mxfp4`.
 - llama.cpp's gpt-oss graph takes the softmax over the chosen experts' logits, as
   transformers does, and the SwiGLU limit and alpha as constants.
 - llama.cpp's YaRN rounds the correction range outwards, as transformers' `truncate: true`;
@@ -20,23 +23,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 
 import gguf
 import numpy as np
 from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
+from llmrun.quantize import mxfp4
 from llmrun.quantize.archs.base import TensorPlan
-from llmrun.quantize.archs.moe import MoeConverter
-from llmrun.quantize.checkpoint import Checkpoint
+from llmrun.quantize.archs.moe import MoeConverter, transposed, viewed
+from llmrun.quantize.checkpoint import SourceTensor
 
 Layout = Callable[[np.ndarray], np.ndarray]
+Read = Callable[[], Iterator[np.ndarray]]
+QT = gguf.GGMLQuantizationType
+PACKED = re.compile(
+    r"(?P<stem>.+\.experts)\.(?P<what>gate_up_proj|down_proj)_(?P<part>blocks|scales)"
+)
 EXPERTS = re.compile(r"(?P<stem>.+\.experts)\.(?P<what>gate_up_proj|down_proj)(?P<bias>_bias)?")
-
-
-def _transposed(a: np.ndarray) -> np.ndarray:
-    return a.swapaxes(-1, -2)
 
 
 def _columns(start: int) -> Layout:
@@ -48,25 +52,9 @@ def _every_other(start: int) -> Layout:
     return lambda a: a[..., start::2]
 
 
-def _viewed(plan: TensorPlan, name: str, layout: Layout | None) -> tuple[str, TensorPlan]:
-    """`plan` renamed, read through `layout`; its shape is the view's (of no data)."""
-    if layout is None:
-        return name, replace(plan, name=name)
-    shape = layout(np.broadcast_to(np.uint8(0), plan.shape)).shape
-    return name, replace(plan, name=name, shape=shape, layout=layout)
-
-
 class GptOssConverter(MoeConverter):
     arch = gguf.MODEL_ARCH.GPT_OSS
     norm_top_k = False
-
-    def __init__(self, ckpt: Checkpoint) -> None:
-        super().__init__(ckpt)
-        if any(name.endswith("_blocks") for name in ckpt.tensors):
-            raise BadInput(
-                f"{ckpt.folder}: the experts are MXFP4, which llmrun cannot convert yet",
-                "convert a BF16 release of the model (such as unsloth/gpt-oss-20b-BF16)",
-            )
 
     def metadata(self, w: GGUFWriter) -> None:
         super().metadata(w)
@@ -80,7 +68,17 @@ class GptOssConverter(MoeConverter):
             yield hf_name, plan
 
     def unfused(self, inputs: Iterable[tuple[str, TensorPlan]]) -> Iterator[tuple[str, TensorPlan]]:
+        blocks: dict[str, SourceTensor] = {}
         for hf_name, plan in inputs:
+            if (m := PACKED.fullmatch(hf_name)) is not None and plan.source is not None:
+                key = f"{m['stem']}.{m['what']}"
+                if m["part"] == "blocks":
+                    blocks[key] = plan.source
+                elif key not in blocks:
+                    raise BadInput(f"the checkpoint has {hf_name} but no {key}_blocks")
+                else:
+                    yield from self.mxfp4(m["stem"], m["what"], blocks.pop(key), plan.source)
+                continue
             m = EXPERTS.fullmatch(hf_name)
             if m is None:
                 yield hf_name, plan
@@ -88,11 +86,52 @@ class GptOssConverter(MoeConverter):
             bias = m["bias"] is not None
             stem, suffix = m["stem"], "bias" if bias else "weight"
             if m["what"] == "down_proj":
-                yield _viewed(plan, f"{stem}.down_proj.{suffix}", None if bias else _transposed)
+                yield viewed(plan, f"{stem}.down_proj.{suffix}", None if bias else transposed)
                 continue
             pick = _every_other if bias else _columns
-            yield _viewed(plan, f"{stem}.gate_proj.{suffix}", pick(0))
-            yield _viewed(plan, f"{stem}.up_proj.{suffix}", pick(1))
+            yield viewed(plan, f"{stem}.gate_proj.{suffix}", pick(0))
+            yield viewed(plan, f"{stem}.up_proj.{suffix}", pick(1))
+        if blocks:
+            raise BadInput(f"the checkpoint has {next(iter(blocks))}_blocks but no _scales")
+
+    def mxfp4(
+        self, stem: str, what: str, blocks: SourceTensor, scales: SourceTensor
+    ) -> Iterator[tuple[str, TensorPlan]]:
+        """MXFP4 experts as plans that repack (or decode) them at write time, an expert at
+        a time; gate_up's rows interleave gate and up."""
+        n, rows, n_blocks, size = blocks.shape
+        if (n, rows, n_blocks) != scales.shape or size != 16 or n != self.n_expert:
+            raise BadInput(
+                f"{blocks.name} {blocks.shape} and {scales.name} {scales.shape} are not "
+                f"{self.n_expert} experts' MXFP4 blocks and scales"
+            )
+        picks = {"down_proj": [slice(None)], "gate_up_proj": [slice(0, None, 2), slice(1, None, 2)]}
+        names = {"down_proj": ["down_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+        for pick, proj in zip(picks[what], names[what], strict=True):
+            name = f"{stem}.{proj}.weight"
+            shape = (n, len(range(rows)[pick]), n_blocks * mxfp4.BLOCK)
+            fn = mxfp4.dequantize if self.dequantize_mxfp4 else mxfp4.to_ggml
+            plan = TensorPlan(
+                name,
+                shape,
+                None,
+                parts=(blocks, scales),
+                read=_per_expert(fn, blocks, scales, pick),
+                raw_type=None if self.dequantize_mxfp4 else QT.MXFP4,
+            )
+            yield name, plan
+
+
+def _per_expert(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    blocks: SourceTensor,
+    scales: SourceTensor,
+    rows: slice,
+) -> Read:
+    """Reads `fn(blocks, scales)` of `rows`, one expert after the other."""
+    return lambda: (
+        fn(b[rows], s[rows]) for b, s in zip(blocks.array(), scales.array(), strict=True)
+    )
 
 
 CONVERTER = GptOssConverter

@@ -11,10 +11,11 @@ split instead (`split_gate_up`): two views of one tensor, nothing copied.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import ClassVar
 
+import numpy as np
 from gguf import GGUFWriter
 
 from llmrun.errors import BadInput
@@ -83,6 +84,21 @@ def unfuse_experts(
             yield f"{stem}.down_proj.weight", plan
         else:
             yield from split_gate_up(plan, f"{stem}.gate_proj.weight", f"{stem}.up_proj.weight")
+
+
+def transposed(a: np.ndarray) -> np.ndarray:
+    """Rows and columns of each matrix swapped, as a view (experts stored transposed)."""
+    return a.swapaxes(-1, -2)
+
+
+def viewed(
+    plan: TensorPlan, name: str, layout: Callable[[np.ndarray], np.ndarray] | None
+) -> tuple[str, TensorPlan]:
+    """`plan` renamed, read through `layout`; its shape is the view's (of no data)."""
+    if layout is None:
+        return name, replace(plan, name=name)
+    shape = layout(np.broadcast_to(np.uint8(0), plan.shape)).shape
+    return name, replace(plan, name=name, shape=shape, layout=layout)
 
 
 def split_gate_up(plan: TensorPlan, gate: str, up: str) -> Iterator[tuple[str, TensorPlan]]:

@@ -22,8 +22,10 @@ TEXT_PREFIXES = {
 }
 VISION_PREFIXES = (
     "vision_tower.",
+    "vision_model.",  # Llama 4's
     "multi_modal_projector.",
     "model.vision_tower.",
+    "model.vision_model.",
     "model.multi_modal_projector.",
     "model.vision_model.",  # Idefics3, SmolVLM
     "model.connector.",

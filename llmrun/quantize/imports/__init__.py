@@ -23,6 +23,9 @@ SCHEMES: dict[str, str] = {
     "compressed-tensors": "compressed",
     "fp8": "fp8",
 }
+# Schemes that an architecture's own module reads (not dequantized here): gpt-oss's MXFP4
+# experts, which archs/gptoss.py keeps as MXFP4 as llama.cpp does.
+READ_BY_ARCHITECTURE = ("mxfp4",)
 
 
 def quantization_config(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,6 +45,8 @@ def dequantize_checkpoint(
     if qconfig is None:
         return tensors, None
     method = str(qconfig.get("quant_method") or "").lower()
+    if method in READ_BY_ARCHITECTURE:
+        return tensors, None
     module = SCHEMES.get(method)
     if module is None:
         what = f"quant_method {method!r}" if method else "a quantization_config of no method"
