@@ -169,7 +169,7 @@ def main() -> None:
     log("Q4_K_M quantization")
     q_theirs, q_ours = work / "theirs-Q4_K_M.gguf", work / "ours-Q4_K_M.gguf"
     from llmrun.quantize.llama_quant import llama_quantize
-    from llmrun.quantize.progress import Progress
+    from llmrun.quantize.progress import QuantizeProgress
     from llmrun.quantize.types import TYPES
 
     quant: dict[str, list[float]] = {"llama-quantize": [], "llmrun (llama_model_quantize)": []}
@@ -178,7 +178,7 @@ def main() -> None:
         quant["llama-quantize"].append(wall)
         q_ours.unlink(missing_ok=True)
         started = time.perf_counter()
-        llama_quantize(ours_f16, q_ours, TYPES["Q4_K_M"], Progress())
+        llama_quantize(ours_f16, q_ours, TYPES["Q4_K_M"], QuantizeProgress())
         quant["llmrun (llama_model_quantize)"].append(time.perf_counter() - started)
     q_identical, q_detail = same_tensors(q_theirs, q_ours)
 
