@@ -284,3 +284,16 @@ def test_usage_errors_exit_2_without_a_traceback(llmrun) -> None:
         assert r.code == 2, r.stderr
         assert "Traceback" not in r.stderr and "unexpected" not in r.stderr
         assert "No such" in r.stderr
+
+
+def test_a_gguf_path_of_any_characters_is_the_model(smollm2: Path, tmp_path: Path) -> None:
+    """A cache folder such as torch2.13.0+cpu, or a space: still MODEL, never prompt text."""
+    from llmrun.cli.run import split_model_and_prompt
+
+    for folder in ("torch2.13.0+cpu", "my models"):
+        path = tmp_path / folder / "m.gguf"
+        path.parent.mkdir()
+        path.symlink_to(smollm2)
+        assert split_model_and_prompt([str(path), "Hi", "there"]) == (str(path), ["Hi", "there"])
+        assert split_model_and_prompt([str(path)]) == (str(path), [])
+    assert split_model_and_prompt(["Is 1+1 two?"]) == (None, ["Is 1+1 two?"])

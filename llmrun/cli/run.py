@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -62,6 +63,8 @@ def split_model_and_prompt(args: list[str], pull: bool = False) -> tuple[str | N
     if not args:
         return None, []
     first = args[0]
+    if first.lower().endswith(".gguf") and os.path.isfile(first):
+        return first, args[1:]  # any path to a GGUF, whatever its characters (a+b/m.gguf)
     if not MODEL_SHAPE.match(first) or first == STDIN_MARK:
         return None, args
     if len(args) > 1:
