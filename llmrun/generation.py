@@ -32,7 +32,7 @@ from llmrun.options import (
     parse_rpc,
     parse_size,
 )
-from llmrun.prompt import prefix_points, raw_text, raw_tokens
+from llmrun.prompt import prefix_points, raw_text, raw_tokens, user_message
 from llmrun.promptcache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE, PromptCache
 from llmrun.resolve import ResolvedModel, resolve_model
 from llmrun.templates.calls import Parsed
@@ -143,13 +143,6 @@ def find_projector(resolved: ResolvedModel, mmproj: str | None) -> Path | None:
             "give the model's mmproj-*.gguf file",
         )
     return path
-
-
-def user_message(prompt: str, images: Sequence[Image] = ()) -> dict[str, Any]:
-    """A user turn: the images (a marker each, in the content) before the text."""
-    if not images:
-        return {"role": "user", "content": prompt}
-    return {"role": "user", "content": with_markers(prompt, len(images)), "images": list(images)}
 
 
 def grammar_for(

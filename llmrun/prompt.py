@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from llmrun.engine.images import with_markers
 from llmrun.templates.render import ChatTemplate, Message
 
 if TYPE_CHECKING:
@@ -21,6 +22,13 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
     if system and not any(m["role"] == "system" for m in messages):
         return [{"role": "system", "content": system}, *messages]
     return messages
+
+
+def user_message(text: str, images: Sequence[Image] = ()) -> Message:
+    """A user turn: the images (a marker each, in the content) before the text."""
+    if not images:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": with_markers(text, len(images)), "images": list(images)}
 
 
 def message_images(messages: list[Message]) -> list[Image]:

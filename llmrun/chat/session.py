@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from llmrun import store
 from llmrun.engine import Model, Stats
-from llmrun.engine.images import MARKER, Image, image_from_base64, with_markers
+from llmrun.engine.images import MARKER, Image, image_from_base64
 from llmrun.errors import BadInput
 from llmrun.options import SAMPLING_CHECKS, Sampling, check_param
-from llmrun.prompt import message_images, prefix_points
+from llmrun.prompt import message_images, prefix_points, user_message
 from llmrun.templates.reasoning import prompt_opens_thinking, template_thinks
 from llmrun.templates.render import ChatTemplate, Message
 from llmrun.templates.stream import AnswerReader, AnswerStream, Delta
@@ -134,15 +134,12 @@ class ChatSession:
     def send(self, text: str, images: Sequence[Image] = ()) -> Reply:
         """Add a user message (with `images` before its text) and start the reply;
         ContextOverflow when it cannot fit at all."""
-        message: Message = {"role": "user", "content": with_markers(text, len(images))}
-        if images:
-            if self.model.images is None:
-                raise BadInput(
-                    f"{self.name} cannot read images: it has no projector",
-                    "chat with a vision model, or give its projector with --mmproj FILE",
-                )
-            message["images"] = list(images)
-        self.messages.append(message)
+        if images and self.model.images is None:
+            raise BadInput(
+                f"{self.name} cannot read images: it has no projector",
+                "chat with a vision model, or give its projector with --mmproj FILE",
+            )
+        self.messages.append(user_message(text, images))
         try:
             return self._reply()
         except BaseException:

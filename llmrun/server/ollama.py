@@ -32,6 +32,7 @@ from llmrun.engine.batch import Extras
 from llmrun.engine.images import Image, image_from_base64, with_markers
 from llmrun.errors import BadInput, BadOption
 from llmrun.options import check_param
+from llmrun.prompt import user_message
 from llmrun.server import embeddings, observe, schemas
 from llmrun.server.answers import Choice, Tokens
 from llmrun.server.jobs import Job, chat_job
@@ -312,11 +313,7 @@ def generate_job(service: Service, ask: Ask) -> Job:
             raise bad(str(e), "images") from None
         return Job([ask.context + tokens], ask.gen.grammar, extras)
     system = [{"role": "system", "content": ask.system}] if ask.system else []
-    user: dict[str, Any] = {"role": "user", "content": ask.prompt}
-    if ask.images:
-        user = {"role": "user", "content": with_markers(ask.prompt, len(ask.images))}
-        user["images"] = ask.images
-    ask.gen.messages = [*system, user]
+    ask.gen.messages = [*system, user_message(ask.prompt, ask.images)]
     job = chat_job(service, ask.gen, RAW_REMEDY, param="prompt")
     if ask.context:  # an earlier answer's context: this turn follows it
         tokens = job.prompts[0]
