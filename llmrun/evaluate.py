@@ -121,19 +121,12 @@ def evaluate(
         tokens = m.tokenize(body, add_special=True)
         if r is not None:
             _check_same_vocab(m, r, body, tokens)
-        n_chunks = len(tokens) // ctx_size
-        if n_chunks == 0:
-            raise BadInput(
-                f"{source} is {len(tokens)} tokens, shorter than one chunk of {ctx_size}",
-                "use a longer --text or a smaller -c/--ctx-size",
-            )
-        n_chunks = min(n_chunks, chunks or n_chunks)
+        pieces = document_chunks(
+            m, tokens, ctx_size, chunks, source, "use a longer --text or a smaller -c/--ctx-size"
+        )
+        n_chunks = len(pieces)
         scores = Scores()
-        add_bos = m.tokenize("", add_special=True)[:1] == [m.bos]
-        for i in range(n_chunks):
-            chunk = tokens[i * ctx_size : (i + 1) * ctx_size]
-            if add_bos:
-                chunk[0] = m.bos  # as llama-perplexity: every chunk starts like a document
+        for i, chunk in enumerate(pieces):
             scores.add(chunk, m.logits(chunk), r.logits(chunk) if r is not None else None)
             if progress:
                 progress(i + 1, n_chunks)
@@ -162,6 +155,25 @@ def evaluate(
             **scores.kl_stats(),
         }
     return EvalResult(**result)
+
+
+def document_chunks(
+    m: Model, tokens: list[int], ctx_size: int, chunks: int | None, source: str, remedy: str
+) -> list[list[int]]:
+    """`tokens` cut into at most `chunks` chunks of `ctx_size`, as llama-perplexity and
+    llama-imatrix cut a text: each starts with BOS, like a document, when the model adds one.
+    BadInput, naming `source` and `remedy`, when not even one chunk fits."""
+    n_chunks = len(tokens) // ctx_size
+    if n_chunks == 0:
+        raise BadInput(
+            f"{source} is {len(tokens)} tokens, shorter than one chunk of {ctx_size}", remedy
+        )
+    n_chunks = min(n_chunks, chunks or n_chunks)
+    pieces = [tokens[i * ctx_size : (i + 1) * ctx_size] for i in range(n_chunks)]
+    if m.add_bos:
+        for chunk in pieces:
+            chunk[0] = m.bos
+    return pieces
 
 
 def read_text(text: str | Path | None) -> tuple[str, str]:

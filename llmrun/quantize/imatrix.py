@@ -30,6 +30,7 @@ import numpy as np
 from llmrun import store
 from llmrun.engine import ggml, load_model
 from llmrun.errors import BadInput, EngineError
+from llmrun.evaluate import document_chunks
 from llmrun.options import Load
 from llmrun.quantize.progress import QuantizeProgress
 
@@ -319,19 +320,12 @@ def compute_imatrix(
     load = Load(n_gpu_layers=n_gpu_layers, ctx_size=ctx_size, threads=threads or 0)
     with load_model(model, load, eval_callback=collector) as m:
         tokens = m.tokenize(body, add_special=True)
-        n_chunks = len(tokens) // ctx_size
-        if n_chunks == 0:
-            raise BadInput(
-                f"{dataset} is {len(tokens)} tokens, shorter than one chunk of {ctx_size}",
-                "give a longer text to --imatrix",
-            )
-        n_chunks = min(n_chunks, chunks or n_chunks)
-        add_bos = m.add_bos
+        pieces = document_chunks(
+            m, tokens, ctx_size, chunks, dataset, "give a longer text to --imatrix"
+        )
+        n_chunks = len(pieces)
         progress.steps(0, n_chunks)
-        for i in range(n_chunks):
-            chunk = tokens[i * ctx_size : (i + 1) * ctx_size]
-            if add_bos:
-                chunk[0] = m.bos
+        for i, chunk in enumerate(pieces):
             m.reset()
             m.decode(chunk, all_logits=True)
             if collector.error is not None:
