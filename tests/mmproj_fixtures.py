@@ -2,8 +2,9 @@
 as tests/quantize_fixtures.py caches its own (the key also holds a digest of this file).
 
 One per family: SmolVLM (Idefics3), Gemma 3, Qwen2-VL and Qwen2.5-VL, each a two-layer text model
-of quantize_fixtures.SMALL's size and a vision tower of a few layers, 32x32 images in
-8x8 patches, with the image processor's files the Hub's repos hold. Tensors are saved
+of quantize_fixtures.SMALL's size and a vision tower of a few layers, 8x8 patches (SmolVLM's
+and Gemma 3's of 32x32 images), with the image processor's files the Hub's repos hold, and
+transformers' embeddings of a test image (image-embeddings.npy). Tensors are saved
 in the Hub's layout (transformers 5 saves its own: `model.language_model.`...), which is
 what users download and what llama.cpp's converter reads.
 """
@@ -170,7 +171,7 @@ FAMILIES: dict[str, Family] = {
                 "depth": 4,  # llama.cpp maps the merger's mlp.2 only below the layer count
                 "num_heads": 2,
                 "out_hidden_size": SMALL["hidden_size"],
-                "window_size": 32,
+                "window_size": 112,  # Qwen2.5-VL's, which llama.cpp assumes (it stores none)
                 "fullatt_block_indexes": [1, 3],
             },
         },
@@ -181,14 +182,23 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-# Families whose image processor takes a 32x32 image as it is (no resizing, no tiles), so
-# that transformers' embeddings of it are what mtmd must compute: saved as image-embeddings.npy
-SAME_PREPROCESSING = ("gemma3",)
+# The test image's (height, width) by family, chosen so that llama.cpp's mtmd and
+# transformers' image processor hand the vision tower the same pixels (image-embeddings.npy
+# holds transformers' embeddings of it):
+# - Gemma 3: its 32x32 input size, taken as it is.
+# - SmolVLM: twice the 32x32 tile wide at longest_edge 64, so neither side resizes it; both cut
+#   the same two tiles, then a global view that both resample with Pillow's Lanczos filter
+#   (mtmd's resize_pillow is a port of it).
+# - Qwen2-VL, Qwen2.5-VL: multiples of patch x merge (16) within both sides' pixel limits
+#   (mtmd wants at least 8 merged tokens), so neither resizes; 8 merged tokens wide, one more
+#   than Qwen2.5-VL's 112-pixel attention window (7 of them), so that its windows show.
+IMAGE_SIZES = {"smolvlm": (32, 64), "gemma3": (32, 32), "qwen2vl": (48, 128), "qwen25vl": (48, 128)}
 
 
-def sample_image() -> np.ndarray:
-    """A 32x32 RGB image of random pixels, (height, width, 3) uint8."""
-    return np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+def sample_image(family: str) -> np.ndarray:
+    """`family`'s test image of random pixels, (height, width, 3) uint8."""
+    height, width = IMAGE_SIZES[family]
+    return np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
 def tiny_vlm(family: str) -> Path:
@@ -228,9 +238,7 @@ def tiny_vlm(family: str) -> Path:
         _to_hub_layout(out, renames)
         for name, content in files.items():
             (out / name).write_text(json.dumps(content, indent=1))
-        if family in SAME_PREPROCESSING:
-            pre = files["preprocessor_config.json"]
-            np.save(out / "image-embeddings.npy", _image_embeddings(model, pre))
+        np.save(out / "image-embeddings.npy", _image_embeddings(model, out, sample_image(family)))
 
     name = f"tiny-vlm-{family}-{RECIPE}"
     for old in cache_root().glob(f"tiny-vlm-{family}-*"):  # what earlier recipes built
@@ -239,14 +247,20 @@ def tiny_vlm(family: str) -> Path:
     return cached(name, build) / f"tiny-{family}"
 
 
-def _image_embeddings(model: Any, pre: dict[str, Any]) -> np.ndarray:
-    """transformers' vision tower and projector on sample_image(), (tokens, text width)."""
-    import torch
+def _image_embeddings(model: Any, folder: Path, image: np.ndarray) -> np.ndarray:
+    """transformers' image processor (from `folder`'s files), vision tower and projector on
+    `image`: the embeddings of each view it makes, in order, as (tokens, text width)."""
+    import inspect
 
-    pixels = (sample_image() / 255.0 - np.array(pre["image_mean"])) / np.array(pre["image_std"])
-    batch = torch.tensor(pixels.transpose(2, 0, 1)[None], dtype=torch.float32)
+    import torch
+    from transformers import AutoImageProcessor
+
+    inputs = AutoImageProcessor.from_pretrained(folder)(images=[image], return_tensors="pt")
+    takes = inspect.signature(model.get_image_features).parameters
     with torch.no_grad():
-        return model.get_image_features(pixel_values=batch).pooler_output[0].float().numpy()
+        out = model.get_image_features(**{k: v for k, v in inputs.items() if k in takes})
+    width = model.config.text_config.hidden_size
+    return torch.cat([f.reshape(-1, width) for f in out.pooler_output]).float().numpy()
 
 
 def _to_hub_layout(folder: Path, renames: dict[str, str]) -> None:

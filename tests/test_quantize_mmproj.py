@@ -2,7 +2,7 @@
 Qwen2-VL, Qwen2.5-VL) made by transformers: the text model and the projector are the files
 llama.cpp's reference converter writes (`convert_hf_to_gguf.py`, and with `--mmproj`),
 tensor for tensor and key for key, and llama.cpp's mtmd loads the projector with the text
-model and encodes an image with it."""
+model and encodes an image into the embeddings transformers computes from it."""
 
 from __future__ import annotations
 
@@ -88,15 +88,16 @@ def test_q8_0_projector_is_llama_cpps(family: str, llama_cpp_src: Path, tmp_path
     assert gguf_differences(ours, theirs) == []
 
 
-def test_projector_encodes_an_image_in_mtmd(converted: Converted) -> None:
-    embd = mtmd_image_embeddings(converted.mmproj, converted.text, sample_image())
-    assert embd.shape[0] > 0 and embd.shape[1] == N_EMBD
-    assert np.isfinite(embd).all() and embd.std() > 0
-    reference = converted.ckpt / "image-embeddings.npy"
-    if reference.is_file():  # the same pixels in: transformers' embeddings out (F16 weights)
-        want = np.load(reference)
-        assert embd.shape == want.shape
-        assert np.max(np.abs(embd - want)) / np.max(np.abs(want)) < 1e-2
+def test_projector_encodes_an_image_as_transformers(converted: Converted) -> None:
+    """The same pixels in (mmproj_fixtures.IMAGE_SIZES says how): mtmd's embeddings are
+    transformers' vision tower and projector's, view for view, to F16's precision."""
+    embd = mtmd_image_embeddings(converted.mmproj, converted.text, sample_image(converted.family))
+    want = np.load(converted.ckpt / "image-embeddings.npy")
+    assert embd.shape == want.shape and embd.shape[1] == N_EMBD
+    assert want.std() > 0
+    # F16 weights: 1e-3 at most here (Gemma 3's), where Qwen2.5-VL's windows set 2 tokens
+    # wide in transformers but 7 in llama.cpp already made 1.1e-2
+    assert np.max(np.abs(embd - want)) / np.max(np.abs(want)) < 3e-3
 
 
 def mtmd_image_embeddings(mmproj: Path, text: Path, image: np.ndarray) -> np.ndarray:
