@@ -322,6 +322,9 @@ def test_ollama_client_sends_images(server) -> None:
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="x", messages=[{**message, "images": [b"junk"]}], options=options)
     assert e.value.status_code == 400
+    # What a client does before it offers images: show, by the name /api/tags lists
+    served = next(m.model for m in client.list().models if m.details.family == "gemma3")
+    assert "vision" in client.show(served).capabilities
 
 
 # ---------------------------------------------------------------- pull

@@ -194,11 +194,16 @@ class OllamaModels:
         """A listed model by name: unlike a generation request, never the default instead."""
         from llmrun.resolve import resolve_model
 
+        servable = self.pool.servable()
+        listed_as = name.removesuffix(":latest")
+        for p in servable:  # the name /api/tags gave it (serve FILE.gguf: the file's stem)
+            if p.resolved.name == listed_as:
+                return p
         try:
             resolved = resolve_model(name)
         except LlmrunError:
             raise ApiError(404, f"model {name!r} not found", param="model") from None
-        for p in self.pool.servable():
+        for p in servable:
             if p.resolved.path.resolve() == resolved.path.resolve():
                 return p
         raise ApiError(404, f"model {name!r} not found", param="model")
