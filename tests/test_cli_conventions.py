@@ -198,16 +198,26 @@ def test_model_names_complete_from_the_store_and_aliases(smollm2: Path) -> None:
     assert complete("llmrun run mymodel wh") == []  # the prompt is not a model
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_show_completion(shell: str) -> None:
+@pytest.mark.parametrize(
+    ("shell", "says"),
+    [
+        ("bash", "_llmrun_completion()"),
+        ("zsh", "#compdef llmrun"),
+        ("fish", "complete --command llmrun"),
+    ],
+)
+def test_completion_script_for_each_shell(shell: str, says: str) -> None:
+    # What --show-completion prints, asked for one shell by name: --show-completion itself
+    # takes the shell from the parent processes (shellingham), which a detached test run lacks.
     proc = subprocess.run(
-        [sys.executable, "-m", "llmrun", "--show-completion", shell],
+        [sys.executable, "-m", "llmrun"],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "_LLMRUN_COMPLETE": f"source_{shell}"},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "_LLMRUN_COMPLETE" in proc.stdout
+    assert says in proc.stdout and "_LLMRUN_COMPLETE" in proc.stdout
 
 
 def test_every_command_help_has_examples() -> None:
