@@ -55,7 +55,7 @@ def test_same_file_as_llama_cpps_converter(
     arch: str, converted: dict[str, Path], llama_cpp_src: Path, tmp_path: Path
 ) -> None:
     ckpt = embed_checkpoint(arch, llama_cpp_src)
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt)
     ignore = {**PROVENANCE, **NAMING, **KNOWN_DIFFERENCES.get(arch, {})}
     assert gguf_differences(converted[arch], theirs, ignore) == []
 

@@ -333,7 +333,7 @@ def test_same_file_as_llama_cpps_converter(
     assert outtype is not None
     ours = tmp_path / "ours.gguf"
     quantize(str(ckpt), type=outtype.upper(), output=ours, check=False)
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf", outtype)
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, outtype)
     assert gguf_differences(ours, theirs, PROVENANCE) == []
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ctypes
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,24 +53,15 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return Converted(family, ckpt, result.path, result.mmproj)
 
 
-def llama_cpp_projector(llama_cpp_src: Path, ckpt: Path, outtype: str, out: Path) -> Path:
-    """`ckpt`'s projector by llama.cpp's `convert_hf_to_gguf.py --mmproj`, as `out`."""
-    script = llama_cpp_src / "convert_hf_to_gguf.py"
-    cmd = [sys.executable, str(script), str(ckpt), "--mmproj", "--outtype", outtype]
-    r = subprocess.run([*cmd, "--outfile", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 @pytest.mark.parametrize("converted", TEXT_FAMILIES, indirect=True)
 def test_text_model_is_llama_cpps(converted: Converted, llama_cpp_src: Path, tmp_path: Path):
-    theirs = llama_cpp_conversion(llama_cpp_src, converted.ckpt, tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, converted.ckpt)
     ignore = {**PROVENANCE, **TEXT_DIFFERENCES.get(converted.family, {})}
     assert gguf_differences(converted.text, theirs, ignore) == []
 
 
 def test_projector_is_llama_cpps(converted: Converted, llama_cpp_src: Path, tmp_path: Path):
-    theirs = llama_cpp_projector(llama_cpp_src, converted.ckpt, "f16", tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, converted.ckpt, "f16", mmproj=True)
     assert gguf_differences(converted.mmproj, theirs) == []
 
 
@@ -84,7 +73,7 @@ def test_q8_0_projector_is_llama_cpps(family: str, llama_cpp_src: Path, tmp_path
         str(ckpt), type="Q8_0", output=tmp_path / "x.gguf", mmproj=True, mmproj_type="Q8_0"
     ).mmproj
     assert ours == tmp_path / "mmproj-x-Q8_0.gguf"
-    theirs = llama_cpp_projector(llama_cpp_src, ckpt, "q8_0", tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, "q8_0", mmproj=True)
     assert gguf_differences(ours, theirs) == []
 
 

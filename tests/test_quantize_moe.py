@@ -69,7 +69,7 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
 def test_same_file_as_llama_cpps_converter(arch: str, tmp_path: Path, llama_cpp_src: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt)
     ignore = {**PROVENANCE, **KNOWN_DIFFERENCES.get(arch, {})}
     assert gguf_differences(ours, theirs, ignore) == []
 
@@ -162,7 +162,7 @@ def test_mxfp4_gpt_oss_is_llama_cpps_file_with_transformers_logits(
     logits are transformers' with the experts at their MXFP4 values."""
     ckpt = mxfp4_gptoss()
     ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf").path
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt, tmp_path / "theirs.gguf")
+    theirs = llama_cpp_conversion(llama_cpp_src, ckpt)
     assert gguf_differences(ours, theirs, PROVENANCE) == []
     reader = gguf.GGUFReader(ours)
     exps = {t.name: t for t in reader.tensors if "_exps.weight" in t.name}
