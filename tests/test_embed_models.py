@@ -15,7 +15,13 @@ import pytest
 from llmrun.embedding import embed
 from llmrun.quantize import quantize
 from tests.embed_fixtures import POOLING, embed_checkpoint, reference
-from tests.quantize_checks import PROVENANCE, Vocab, gguf_differences, llama_cpp_conversion
+from tests.quantize_checks import (
+    PROVENANCE,
+    GgufFile,
+    Vocab,
+    gguf_differences,
+    llama_cpp_conversion,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +68,12 @@ def test_same_file_as_llama_cpps_converter(
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_vocabulary_and_pooling_are_the_encoders(arch: str, converted: dict[str, Path]) -> None:
-    fields = gguf.GGUFReader(converted[arch]).fields
+    file = GgufFile(converted[arch])
     model = "t5" if arch.startswith("xlmroberta") else "bert"
-    assert fields["tokenizer.ggml.model"].contents() == model
-    arch_name = fields["general.architecture"].contents()
-    assert fields[f"{arch_name}.pooling_type"].contents() == POOLING_TYPES[POOLING[arch]]
-    assert fields[f"{arch_name}.attention.causal"].contents() is False
+    assert file.value("tokenizer.ggml.model") == model
+    arch_name = file.value("general.architecture")
+    assert file.value(f"{arch_name}.pooling_type") == POOLING_TYPES[POOLING[arch]]
+    assert file.value(f"{arch_name}.attention.causal") is False
 
 
 @pytest.mark.parametrize("arch", ARCHS)

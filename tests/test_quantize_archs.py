@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from llmrun.ggufinfo import read_info
 from llmrun.quantize import quantize
-from tests.quantize_checks import generate, llama_logits, relative_error
+from tests.quantize_checks import GgufFile, generate, llama_logits, relative_error
 from tests.quantize_fixtures import ARCHS, reference, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -25,7 +23,8 @@ BOUNDS = {"F32": 1e-3, "F16": 1e-2}
 def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     for qtype, bound in BOUNDS.items():
-        out = quantize(str(ckpt), type=qtype, output=tmp_path / f"{arch}-{qtype}.gguf").path
+        out = tmp_path / f"{arch}-{qtype}.gguf"  # loaded here: no self-check child needed
+        out = quantize(str(ckpt), type=qtype, output=out, check=False).path
         for ids, want in reference(ckpt):
             err = relative_error(llama_logits(out, ids), want)
             assert err < bound, f"{arch} {qtype}: logits differ by {err:.2e} (relative)"
@@ -43,7 +42,9 @@ def test_bf16_output(tmp_path: Path) -> None:
 def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     for qtype in ("Q8_0", "Q4_K_M"):
-        out = quantize(str(ckpt), type=qtype, output=tmp_path / f"{arch}-{qtype}.gguf").path
+        # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
+        out = tmp_path / f"{arch}-{qtype}.gguf"
+        out = quantize(str(ckpt), type=qtype, output=out, check=qtype == "Q8_0").path
         assert read_info(out).quant == qtype
         assert generate(out, "The quick brown fox", n=8)
 
@@ -55,13 +56,12 @@ def test_direct_q8_0_is_llama_cpps_q8_0(tmp_path: Path) -> None:
     from llmrun.quantize.types import TYPES
 
     ckpt = tiny_checkpoint("qwen2")
-    f32 = quantize(str(ckpt), type="F32", output=tmp_path / "f32.gguf").path
+    f32 = quantize(str(ckpt), type="F32", output=tmp_path / "f32.gguf", check=False).path
     ours = quantize(str(ckpt), type="Q8_0", output=tmp_path / "ours.gguf").path
     theirs = tmp_path / "theirs.gguf"
     llama_quantize(f32, theirs, TYPES["Q8_0"], QuantizeProgress())
-    a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
-    b = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    a, b = GgufFile(ours).tensors, GgufFile(theirs).tensors
     assert a.keys() == b.keys()
     for name, t in a.items():
-        assert t.tensor_type == b[name].tensor_type, name
-        assert np.array_equal(np.asarray(t.data), np.asarray(b[name].data)), name
+        assert t.type == b[name].type, name
+        assert t.data == b[name].data, name
