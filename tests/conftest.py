@@ -26,6 +26,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # time out. A handler (unlike SIG_IGN) is reset to the default on exec, so install one.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    _pin_xdist_worker()
+
+
+def _pin_xdist_worker() -> None:
+    """Give each pytest-xdist worker its own share of the cores (and so its children).
+
+    llama.cpp's threads wait for each other at a barrier after every operation, so two
+    workers each running `-t 2` on two cores ran the chat tests 7x slower than alone. Pinned,
+    llmrun's default thread count (cpus.usable_cores) sees one core and uses one thread.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... only in a worker
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if count <= len(cores):
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: count])
 
 
 def _demo_gguf() -> Path:

@@ -53,7 +53,7 @@ def start_worker(
 ) -> Worker:
     """An `llmrun worker` (inside `prefix`, e.g. `ip netns exec NS`), ready for clients."""
     port = port or free_port()
-    cmd = [*prefix, *llmrun_cmd("worker", "--host", host, "--port", str(port), "-t", "2", *extra)]
+    cmd = [*prefix, *llmrun_cmd("worker", "--host", host, "--port", str(port), *extra)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     worker = Worker(proc, f"{host}:{port}", log)

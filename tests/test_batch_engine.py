@@ -30,7 +30,7 @@ def chat_tokens(model, prompts: list[str], system: str | None = None) -> list[li
 def alone(smollm2: Path) -> dict[str, str]:
     """Greedy answers to each prompt, one at a time, from a single-sequence model."""
     prompts = [f"Write one sentence about the number {i}." for i in range(8)]
-    with load_model(smollm2, Load(threads=2, ctx_size=2048)) as model:
+    with load_model(smollm2, Load(ctx_size=2048)) as model:
         answers = {}
         for prompt, tokens in zip(prompts, chat_tokens(model, prompts), strict=True):
             model.reset()
@@ -41,7 +41,7 @@ def alone(smollm2: Path) -> dict[str, str]:
 def test_concurrent_greedy_answers_equal_answers_run_alone(
     smollm2: Path, alone: dict[str, str]
 ) -> None:
-    engine = BatchEngine(smollm2, Load(threads=2, ctx_size=4096), parallel=8).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=4096), parallel=8).start()
     try:
         prompts = list(alone)
         handles = [engine.submit(t, GREEDY) for t in chat_tokens(engine.model, prompts)]
@@ -55,9 +55,7 @@ def test_concurrent_greedy_answers_equal_answers_run_alone(
 
 
 def test_more_requests_than_sequences_wait_and_join(smollm2: Path, alone: dict[str, str]) -> None:
-    engine = BatchEngine(
-        smollm2, Load(threads=2, ctx_size=2048), parallel=2, prefix_cache=False
-    ).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=2048), parallel=2, prefix_cache=False).start()
     try:
         prompts = list(alone)[:5]
         results: dict[int, str] = {}
@@ -80,7 +78,7 @@ def test_more_requests_than_sequences_wait_and_join(smollm2: Path, alone: dict[s
 
 
 def test_shared_system_prompt_is_reused_not_recomputed(smollm2: Path) -> None:
-    engine = BatchEngine(smollm2, Load(threads=2, ctx_size=2048), parallel=2).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=2048), parallel=2).start()
     try:
         first, second = chat_tokens(engine.model, ["Hi.", "Hello there."], system=SYSTEM)
         a = engine.submit(first, GREEDY)
@@ -95,7 +93,7 @@ def test_shared_system_prompt_is_reused_not_recomputed(smollm2: Path) -> None:
 
 
 def test_cancel_frees_the_sequence_at_once(smollm2: Path) -> None:
-    engine = BatchEngine(smollm2, Load(threads=2, ctx_size=2048), parallel=2).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=2048), parallel=2).start()
     try:
         (tokens,) = chat_tokens(engine.model, ["Write a very long story about a dragon."])
         handle = engine.submit(tokens, Sampling(temp=0.0, max_tokens=400))
@@ -113,7 +111,7 @@ def test_cancel_frees_the_sequence_at_once(smollm2: Path) -> None:
 
 
 def test_stop_strings_and_limits_per_request(smollm2: Path) -> None:
-    engine = BatchEngine(smollm2, Load(threads=2, ctx_size=2048), parallel=2).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=2048), parallel=2).start()
     try:
         (tokens,) = chat_tokens(engine.model, ["Count from 1 to 20, separated by commas."])
         limited = engine.submit(tokens, Sampling(temp=0.0, max_tokens=3))
@@ -128,7 +126,7 @@ def test_stop_strings_and_limits_per_request(smollm2: Path) -> None:
 
 
 def test_prompt_over_a_sequence_share_of_the_context(smollm2: Path) -> None:
-    engine = BatchEngine(smollm2, Load(threads=2, ctx_size=1024), parallel=4).start()
+    engine = BatchEngine(smollm2, Load(ctx_size=1024), parallel=4).start()
     try:
         with pytest.raises(ContextOverflow) as e:
             engine.submit(engine.model.tokenize("word " * 400), GREEDY)

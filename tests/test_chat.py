@@ -37,7 +37,7 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def engine(smollm2: Path) -> Iterator[Model]:
-    with load_model(smollm2, Load(threads=2, ctx_size=2048)) as model:
+    with load_model(smollm2, Load(ctx_size=2048)) as model:
         yield model
 
 
@@ -146,7 +146,7 @@ def test_load_of_a_missing_chat_lists_the_saved_ones(session: ChatSession) -> No
 
 
 def test_a_long_conversation_drops_its_oldest_turns(smollm2: Path) -> None:
-    with load_model(smollm2, Load(threads=2, ctx_size=256)) as small:
+    with load_model(smollm2, Load(ctx_size=256)) as small:
         chat = ChatSession(small, Sampling(temp=0.0, max_tokens=24), "You are terse.")
         dropped = 0
         for i in range(10):
@@ -162,7 +162,7 @@ def test_a_long_conversation_drops_its_oldest_turns(smollm2: Path) -> None:
 
 
 def test_a_reply_that_fills_the_context_ends_and_the_chat_goes_on(smollm2: Path) -> None:
-    with load_model(smollm2, Load(threads=2, ctx_size=256)) as small:
+    with load_model(smollm2, Load(ctx_size=256)) as small:
         chat = ChatSession(small, Sampling(temp=0.0, max_tokens=-1))
         reply = chat.send("Write a very long story about a dragon.")
         assert "".join(reply).startswith("Once upon a time")
@@ -173,7 +173,7 @@ def test_a_reply_that_fills_the_context_ends_and_the_chat_goes_on(smollm2: Path)
 
 
 def test_a_message_longer_than_the_context_is_refused(smollm2: Path) -> None:
-    with load_model(smollm2, Load(threads=2, ctx_size=64)) as tiny:
+    with load_model(smollm2, Load(ctx_size=64)) as tiny:
         chat = ChatSession(tiny, GREEDY)
         with pytest.raises(ContextOverflow):
             chat.send("word " * 400)
@@ -186,7 +186,7 @@ def test_a_message_longer_than_the_context_is_refused(smollm2: Path) -> None:
 def spawn(smollm2: Path, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "llmrun", "chat", str(smollm2), "--temp", "0", "-n", "40", "-t", "2", *args],
+        ["-m", "llmrun", "chat", str(smollm2), "--temp", "0", "-n", "40", *args],
         env=dict(os.environ),  # LLMRUN_HOME and NO_COLOR from the autouse fixture
         encoding="utf-8",
         timeout=120,
@@ -407,7 +407,7 @@ def test_piped_lines_get_one_reply_each_and_nothing_else(
 ) -> None:
     expected = [say(session, q) for q in QUESTIONS[:2]]
     stdin = "\n".join(QUESTIONS[:2]) + "\n"
-    args = ("--temp", "0", "-n", "40", "-t", "2", "-c", "2048")
+    args = ("--temp", "0", "-n", "40", "-c", "2048")
     r = llmrun("chat", str(smollm2), *args, input=stdin)
     assert r.code == 0, r.stderr
     assert r.stdout == "".join(e if e.endswith("\n") else e + "\n" for e in expected)
@@ -424,7 +424,7 @@ def test_batch_reads_all_of_stdin_as_one_message(llmrun, smollm2: Path) -> None:
 
 def test_ten_turns_in_a_small_context(llmrun, smollm2: Path) -> None:
     stdin = "".join(f"Question {i}: name an animal.\n" for i in range(10))
-    r = llmrun("chat", str(smollm2), "-c", "256", "--temp", "0", "-n", "40", "-t", "2", input=stdin)
+    r = llmrun("chat", str(smollm2), "-c", "256", "--temp", "0", "-n", "40", input=stdin)
     assert r.code == 0, r.stderr
     assert "dropped the" in r.stderr and "oldest turn" in r.stderr
     assert "error" not in r.stderr

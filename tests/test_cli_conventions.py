@@ -155,7 +155,7 @@ def test_run_at_a_terminal_without_a_prompt_says_what_it_expects(smollm2: Path) 
 
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "llmrun", "run", str(smollm2), "--raw", "--temp", "0", "-n", "8", "-t", "2"],
+        ["-m", "llmrun", "run", str(smollm2), "--raw", "--temp", "0", "-n", "8"],
         env=dict(os.environ),
         encoding="utf-8",
         timeout=120,

@@ -38,7 +38,7 @@ GREEDY = Sampling(temp=0.0, max_tokens=60)
 
 @pytest.fixture(scope="module")
 def model(smollm2: Path) -> Iterator:
-    with load_model(smollm2, Load(threads=2, ctx_size=1024)) as m:
+    with load_model(smollm2, Load(ctx_size=1024)) as m:
         yield m
 
 

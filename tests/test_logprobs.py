@@ -18,7 +18,7 @@ from llmrun.errors import ContextOverflow
 from llmrun.evaluate import log_softmax
 from llmrun.options import Load, Sampling
 
-LOAD = Load(threads=2, ctx_size=2048)
+LOAD = Load(ctx_size=2048)
 PROMPT = "The capital of France is Paris. The capital of Italy is"
 
 

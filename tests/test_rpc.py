@@ -27,7 +27,7 @@ from llmrun.errors import BadOption
 from llmrun.options import parse_rpc
 from tests.rpcworkers import Netns, Worker, free_port, llmrun_cmd, netns_unavailable, start_worker
 
-GREEDY = ("--temp", "0", "-t", "2")
+GREEDY = ("--temp", "0")
 PROMPT = "Name three colors and say why the sky is blue."
 LONG = ("Write a very long story about a dragon who learns to bake bread.", "-n", "4000")
 
@@ -262,7 +262,7 @@ def test_a_worker_killed_mid_run_ends_it_with_a_clear_error(
 def test_serve_survives_a_lost_worker(tmp_path: Path, smollm2: Path, worker: Worker) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
-    cmd = llmrun_cmd("serve", str(smollm2), "--port", str(port), "-t", "2", "--parallel", "2")
+    cmd = llmrun_cmd("serve", str(smollm2), "--port", str(port), "--parallel", "2")
     cmd.append("--embeddings")
     with log.open("w") as err:
         server = subprocess.Popen(

@@ -45,9 +45,7 @@ def test_stdout_is_exactly_the_answer(llmrun, smollm2: Path) -> None:
     """What the library generates, plus one newline: no logs, no spinner, no colour codes."""
     from llmrun import generation
 
-    answer = "".join(
-        generation.run(str(smollm2), "Name a colour.", max_tokens=12, temp=0.0, threads=2)
-    )
+    answer = "".join(generation.run(str(smollm2), "Name a colour.", max_tokens=12, temp=0.0))
     r = llmrun("run", str(smollm2), "Name a colour.", "-n", "12", *GREEDY, "-v")
     assert r.code == 0, r.stderr
     assert r.stdout == answer + ("" if answer.endswith("\n") else "\n")

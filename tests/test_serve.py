@@ -93,7 +93,7 @@ def start_server(
         **(env or {}),
     }
     cmd = [sys.executable, "-m", "llmrun", "serve", *([str(model)] if model else [])]
-    cmd += ["--port", str(port), "-t", "2"]
+    cmd += ["--port", str(port)]
     cmd += ["--temp", "0", *args]
     if key:
         cmd += ["--api-key", key]
@@ -216,7 +216,7 @@ def test_completion_matches_llmrun_run(server: Server, smollm2: Path, llmrun):
     assert whole.object == "text_completion"
     assert whole.choices[0].text == streamed
     assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 8
-    alone = llmrun("run", str(smollm2), prompt, "--raw", "--temp", "0", "-n", "8", "-t", "2")
+    alone = llmrun("run", str(smollm2), prompt, "--raw", "--temp", "0", "-n", "8")
     assert alone.code == 0, alone.stderr
     assert alone.stdout.rstrip("\n") == whole.choices[0].text.rstrip("\n")
 

@@ -261,7 +261,7 @@ def test_echo_logprobs_equal_evals_per_token_nll(client, smollm2: Path) -> None:
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert "".join(lp.tokens) == text
     assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len(text) - len(lp.tokens[-1])
-    with load_model(smollm2, Load(threads=2, ctx_size=512)) as model:
+    with load_model(smollm2, Load(ctx_size=512)) as model:
         tokens = model.tokenize(text)
         nll = -log_softmax(model.logits(tokens))[np.arange(len(tokens) - 1), tokens[1:]]
     np.testing.assert_allclose(-np.array(lp.token_logprobs[1:]), nll, atol=1e-4)

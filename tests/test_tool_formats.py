@@ -462,7 +462,7 @@ ASK = [
 
 @pytest.fixture(scope="module")
 def model(smollm2: Path):
-    m = load_model(smollm2, Load(ctx_size=1024, threads=2))
+    m = load_model(smollm2, Load(ctx_size=1024))
     yield m
     m.close()
 

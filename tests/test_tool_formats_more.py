@@ -417,7 +417,7 @@ def model(smollm2: Path) -> Iterator[object]:
     from llmrun.engine import load_model
     from llmrun.options import Load
 
-    m = load_model(smollm2, Load(ctx_size=1024, threads=2))
+    m = load_model(smollm2, Load(ctx_size=1024))
     yield m
     m.close()
 
