@@ -29,6 +29,15 @@ def pytest_configure(config: pytest.Config) -> None:
     _pin_xdist_worker()
 
 
+# pytest-xdist hands out whole files in collection order. The importance-matrix tests take
+# about a fifth of the suite's time: started last, one worker would run them alone at the end.
+FIRST = ("test_imatrix.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest as collected
+
+
 def _pin_xdist_worker() -> None:
     """Give each pytest-xdist worker its own share of the cores (and so its children).
 
@@ -197,22 +206,24 @@ def rewrite_gguf(
     """Write `src` again as `out`: every key but `drop` (`values` replacing some, `extra`
     uint32 keys added) and every tensor; `writer` goes to gguf.GGUFWriter (split_max_tensors)."""
     import gguf
+    import numpy as np
 
-    reader = gguf.GGUFReader(src)
-    w = gguf.GGUFWriter(out, reader.fields["general.architecture"].contents(), **writer)
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue  # written by the writer itself
-        if field.name in drop:
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        value = (values or {}).get(field.name, field.contents())
-        w.add_key_value(field.name, value, kind, sub_type=sub)
+    from tests.quantize_checks import GgufFile  # GGUFReader took seconds over a 49k vocabulary
+
+    file = GgufFile(src)
+    w = gguf.GGUFWriter(out, file.value("general.architecture"), **writer)
+    for key, field in file.fields.items():
+        if key == "general.architecture" or key in drop:
+            continue  # the architecture is written by the writer itself
+        kind, sub = field.types[0], (field.types[-1] if len(field.types) > 1 else None)
+        w.add_key_value(key, (values or {}).get(key, field.value), kind, sub_type=sub)
     for key, value in (extra or {}).items():
         w.add_uint32(key, value)
-    for t in reader.tensors:
-        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    for name, t in file.tensors.items():
+        # As bytes, in numpy's order (outermost first), the innermost dimension in bytes.
+        block, type_size = gguf.GGML_QUANT_SIZES[t.type]
+        shape = (*reversed(t.shape[1:]), t.shape[0] // block * type_size)
+        w.add_tensor(name, np.frombuffer(t.data, np.uint8).reshape(shape), raw_dtype=t.type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -25,6 +25,7 @@ from llmrun import repofiles, store
 from llmrun.errors import BadInput, HubError
 from tests.conftest import rewrite_gguf
 from tests.hubserver import HubServer
+from tests.quantize_checks import GgufFile
 
 GGUF = "hubtest/SmolLM2-135M-Instruct-GGUF"
 CKPT = "hubtest/Tiny-Checkpoint"
@@ -559,9 +560,7 @@ def test_safe_names_and_store_names() -> None:
 
 def split_gguf(src: Path, out: Path) -> list[Path]:
     """Rewrite a GGUF as two parts, the way llama.cpp's gguf-split names them."""
-    import gguf
-
-    tensors = len(gguf.GGUFReader(src).tensors)
+    tensors = len(GgufFile(src).tensors)
     rewrite_gguf(src, out, split_max_tensors=(tensors + 1) // 2)
     return sorted(out.parent.glob(f"{out.stem}-*.gguf"))
 
