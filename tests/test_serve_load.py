@@ -9,13 +9,15 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tests.test_serve import KEY, Server, counting, start_server, stop_server
 
+T = TypeVar("T")
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
 
@@ -50,6 +52,16 @@ def wait_idle(server: Server, timeout: float = 60) -> None:
     while server.health()["active"] or server.health()["waiting"]:
         assert time.monotonic() < deadline, server.health()
         time.sleep(0.05)
+
+
+def logged(server: Server, found: Callable[[], list[T]], timeout: float = 30) -> list[T]:
+    """What `found` reads in the server's log, once there is some: the access log line is
+    written after the answer is sent, so a client can read the log before it is there."""
+    deadline = time.monotonic() + timeout
+    while not (lines := found()):
+        assert time.monotonic() < deadline, server.stderr.read_text()
+        time.sleep(0.02)
+    return lines
 
 
 def test_metrics_count_exactly_the_tokens_a_request_used(server: Server) -> None:
@@ -128,10 +140,15 @@ def test_a_full_sequence_ends_cleanly_with_prefix_sharing(server: Server) -> Non
 def test_the_access_log_has_a_line_per_request_and_no_prompt(server: Server) -> None:
     marker = "a unique prompt 4711"
     server.client().completions.create(model="x", prompt=marker, max_tokens=3)
-    lines = [json.loads(x) for x in server.stderr.read_text().splitlines() if x.startswith("{")]
-    mine = [x for x in lines if x["path"] == "/v1/completions" and x["generated_tokens"] == 3]
-    assert mine and mine[-1]["status"] == 200 and mine[-1]["model"]
-    assert mine[-1]["prompt_tokens"] > 0 and mine[-1]["ttft"].endswith("s")
+
+    def mine() -> list[dict]:
+        text = server.stderr.read_text()
+        lines = [json.loads(x) for x in text.splitlines() if x[:1] + x[-1:] == "{}"]
+        return [x for x in lines if x["path"] == "/v1/completions" and x["generated_tokens"] == 3]
+
+    line = logged(server, mine)[-1]
+    assert line["status"] == 200 and line["model"]
+    assert line["prompt_tokens"] > 0 and line["ttft"].endswith("s")
     assert marker not in server.stderr.read_text()
 
 
@@ -198,6 +215,8 @@ def test_a_stalled_reader_is_cancelled_and_its_sequence_freed(narrow: Server) ->
         wait_idle(narrow, 240)  # cancelled once a send waited past --send-timeout
     finally:
         sock.close()
-    served = re.findall(r"generated_tokens=(\d+)", narrow.stderr.read_text())
-    assert served and int(served[-1]) < 900
+    served = logged(
+        narrow, lambda: re.findall(r"generated_tokens=(\d+)", narrow.stderr.read_text())
+    )
+    assert int(served[-1]) < 900
     assert narrow.client().completions.create(model="x", prompt="hi", max_tokens=2).choices
