@@ -12,12 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Collection, Iterator, Mapping
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -176,6 +179,18 @@ def llmrun_inprocess(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.Monk
         return Result(code, out, err)
 
     return run
+
+
+def wait_for(
+    check: Callable[[], T], timeout: float = 60, detail: Callable[[], str] = lambda: "timed out"
+) -> T:
+    """Poll `check` until it gives something true, and return that; past `timeout`, fail
+    with `detail()` (a server's log, say)."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, detail()
+        time.sleep(0.05)
+    return found
 
 
 def add_stored(src: Path, name: str, quant: str, hash: bool = False, **manifest: str) -> Path:

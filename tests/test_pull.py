@@ -14,8 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import pytest
 from llmrun import hub as hubmod
 from llmrun import repofiles, store
 from llmrun.errors import BadInput, HubError
-from tests.conftest import rewrite_gguf
+from tests.conftest import rewrite_gguf, wait_for
 from tests.hubserver import HubServer
 from tests.quantize_checks import GgufFile
 
@@ -124,13 +123,6 @@ def popen(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- what gets fetched

@@ -23,8 +23,8 @@ BOUNDS = {"F32": 1e-3, "F16": 1e-2}
 def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     for qtype, bound in BOUNDS.items():
-        out = tmp_path / f"{arch}-{qtype}.gguf"  # loaded here: no self-check child needed
-        out = quantize(str(ckpt), type=qtype, output=out, check=False).path
+        path = tmp_path / f"{arch}-{qtype}.gguf"  # loaded here: no self-check child needed
+        out = quantize(str(ckpt), type=qtype, output=path, check=False).path
         for ids, want in reference(ckpt):
             err = relative_error(llama_logits(out, ids), want)
             assert err < bound, f"{arch} {qtype}: logits differ by {err:.2e} (relative)"
@@ -43,8 +43,8 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(arch)
     for qtype in ("Q8_0", "Q4_K_M"):
         # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        out = tmp_path / f"{arch}-{qtype}.gguf"
-        out = quantize(str(ckpt), type=qtype, output=out, check=qtype == "Q8_0").path
+        path = tmp_path / f"{arch}-{qtype}.gguf"
+        out = quantize(str(ckpt), type=qtype, output=path, check=qtype == "Q8_0").path
         assert read_info(out).quant == qtype
         assert generate(out, "The quick brown fox", n=8)
 

@@ -75,8 +75,8 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
     ckpt = str(tiny_checkpoint(arch))
     for qtype in ("Q8_0", "Q4_K_M"):
         # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        out = quantize(ckpt, type=qtype, output=tmp_path / f"{qtype}.gguf", check=qtype == "Q8_0")
-        out = out.path
+        path = tmp_path / f"{qtype}.gguf"
+        out = quantize(ckpt, type=qtype, output=path, check=qtype == "Q8_0").path
         assert read_info(out).quant == qtype
         assert generate(out, "The quick brown fox", n=8)
 

@@ -61,8 +61,8 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
     for qtype in ("Q8_0", "Q4_K_M"):
         ckpt = str(tiny_checkpoint(arch))
         # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        out = quantize(ckpt, type=qtype, output=tmp_path / f"{qtype}.gguf", check=qtype == "Q8_0")
-        out = out.path
+        path = tmp_path / f"{qtype}.gguf"
+        out = quantize(ckpt, type=qtype, output=path, check=qtype == "Q8_0").path
         assert read_info(out).quant == qtype
         assert generate(out, "The quick brown fox", n=8)
 
@@ -137,8 +137,8 @@ def _fused(arch: str, out: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen3moe", "qwen2moe"])
 def test_transformers_5_layout_converts_the_same(arch: str, tmp_path: Path) -> None:
-    ours = quantize(str(tiny_checkpoint(arch)), type="F32", output=tmp_path / "a.gguf", check=False)
-    ours = ours.path
+    ckpt = str(tiny_checkpoint(arch))
+    ours = quantize(ckpt, type="F32", output=tmp_path / "a.gguf", check=False).path
     fused = _fused(arch, tmp_path / arch)
     again = quantize(str(fused), type="F32", output=tmp_path / "b.gguf", check=False).path
     assert gguf_differences(again, ours) == []

@@ -9,15 +9,14 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.test_serve import KEY, Server, counting, start_server, stop_server
 
-T = TypeVar("T")
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
 
@@ -52,16 +51,6 @@ def wait_idle(server: Server, timeout: float = 60) -> None:
     while server.health()["active"] or server.health()["waiting"]:
         assert time.monotonic() < deadline, server.health()
         time.sleep(0.05)
-
-
-def logged(server: Server, found: Callable[[], list[T]], timeout: float = 30) -> list[T]:
-    """What `found` reads in the server's log, once there is some: the access log line is
-    written after the answer is sent, so a client can read the log before it is there."""
-    deadline = time.monotonic() + timeout
-    while not (lines := found()):
-        assert time.monotonic() < deadline, server.stderr.read_text()
-        time.sleep(0.02)
-    return lines
 
 
 def test_metrics_count_exactly_the_tokens_a_request_used(server: Server) -> None:
@@ -142,11 +131,12 @@ def test_the_access_log_has_a_line_per_request_and_no_prompt(server: Server) -> 
     server.client().completions.create(model="x", prompt=marker, max_tokens=3)
 
     def mine() -> list[dict]:
-        text = server.stderr.read_text()
-        lines = [json.loads(x) for x in text.splitlines() if x[:1] + x[-1:] == "{}"]
+        text = server.stderr.read_text()  # whole lines only: the server may be writing one
+        lines = [json.loads(x) for x in text.splitlines() if x.startswith("{") and x.endswith("}")]
         return [x for x in lines if x["path"] == "/v1/completions" and x["generated_tokens"] == 3]
 
-    line = logged(server, mine)[-1]
+    # The line is written once the answer has been sent: the client may read the log first.
+    line = wait_for(mine, 30, server.stderr.read_text)[-1]
     assert line["status"] == 200 and line["model"]
     assert line["prompt_tokens"] > 0 and line["ttft"].endswith("s")
     assert marker not in server.stderr.read_text()
@@ -215,8 +205,10 @@ def test_a_stalled_reader_is_cancelled_and_its_sequence_freed(narrow: Server) ->
         wait_idle(narrow, 240)  # cancelled once a send waited past --send-timeout
     finally:
         sock.close()
-    served = logged(
-        narrow, lambda: re.findall(r"generated_tokens=(\d+)", narrow.stderr.read_text())
+    served = wait_for(  # logged once the answer has ended, which may be after the sequence is freed
+        lambda: re.findall(r"generated_tokens=(\d+)", narrow.stderr.read_text()),
+        30,
+        narrow.stderr.read_text,
     )
     assert int(served[-1]) < 900
     assert narrow.client().completions.create(model="x", prompt="hi", max_tokens=2).choices
