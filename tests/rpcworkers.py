@@ -14,12 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmrun.engine.rpc import probe
 from llmrun.errors import WorkerError
+from tests.conftest import wait_for
 
 
 def free_port() -> int:
@@ -57,22 +57,29 @@ def start_worker(
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     worker = Worker(proc, f"{host}:{port}", log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"llmrun worker exited with {proc.returncode}: {log.read_text()}")
         if prefix:  # probing from this namespace cannot reach it: wait for its banner
-            if "transport" in log.read_text():
-                return worker
-        else:
-            try:
-                probe(worker.endpoint, timeout=2)
-                return worker
-            except WorkerError:
-                pass
-        time.sleep(0.1)
-    worker.stop()
-    raise RuntimeError(f"llmrun worker did not start: {log.read_text()}")
+            return "transport" in log.read_text()
+        return answers(worker.endpoint)
+
+    try:
+        wait_for(ready, 60, lambda: f"llmrun worker did not start: {log.read_text()}")
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def answers(endpoint: str) -> bool:
+    """Whether a worker answers llama.cpp's hello at `endpoint` now."""
+    try:
+        probe(endpoint, timeout=2)
+        return True
+    except WorkerError:
+        return False
 
 
 def netns_unavailable() -> str | None:

@@ -25,7 +25,16 @@ import pytest
 from llmrun.engine import rpc
 from llmrun.errors import BadOption
 from llmrun.options import parse_rpc
-from tests.rpcworkers import Netns, Worker, free_port, llmrun_cmd, netns_unavailable, start_worker
+from tests.conftest import wait_for
+from tests.rpcworkers import (
+    Netns,
+    Worker,
+    answers,
+    free_port,
+    llmrun_cmd,
+    netns_unavailable,
+    start_worker,
+)
 
 GREEDY = ("--temp", "0")
 PROMPT = "Name three colors and say why the sky is blue."
@@ -284,15 +293,14 @@ def test_serve_survives_a_lost_worker(tmp_path: Path, smollm2: Path, worker: Wor
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
+    def healthy() -> bool:
+        try:
+            return get("/health")[0] == 200
+        except OSError:  # not listening yet
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert get("/health")[0] == 200
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        wait_for(healthy, 60, log.read_text)
         body = {"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "stream": True}
         req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})  # fmt: skip
@@ -340,14 +348,7 @@ def test_worker_keeps_stdout_clean(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                rpc.probe(f"127.0.0.1:{port}", timeout=2)
-                break
-            except Exception:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        wait_for(lambda: proc.poll() is None and answers(f"127.0.0.1:{port}"), 60)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

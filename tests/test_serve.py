@@ -26,6 +26,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from tests.conftest import wait_for
+
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -143,14 +145,13 @@ def server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def wait_idle(server: Server, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    """/health's stats once no sequence is active or waiting."""
+
+    def idle() -> dict | None:
         stats = server.health()
-        if stats["active"] == 0 and stats["waiting"] == 0:
-            return stats
-        if time.monotonic() > deadline:
-            pytest.fail(f"sequences still busy: {stats}")
-        time.sleep(0.05)
+        return stats if stats["active"] == 0 and stats["waiting"] == 0 else None
+
+    return wait_for(idle, timeout, lambda: f"sequences still busy: {server.health()}")
 
 
 # Counting has one obvious continuation, so greedy answers do not depend on the
@@ -320,9 +321,7 @@ def test_client_disconnect_frees_its_sequence(server: Server, stream: bool):
         assert resp.status == 200
         assert resp.readline().startswith(b"data: ")
     else:  # the answer comes whole at the end: leave while it is being generated
-        deadline = time.monotonic() + 30
-        while server.health()["active"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: server.health()["active"], 30)
     assert server.health()["active"] == 1
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.test_serve import KEY, Server, counting, start_server, stop_server
+from tests.test_serve import KEY, Server, counting, start_server, stop_server, wait_idle
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("prometheus_client")
@@ -44,13 +44,6 @@ def scrape(server: Server) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
-
-
-def wait_idle(server: Server, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while server.health()["active"] or server.health()["waiting"]:
-        assert time.monotonic() < deadline, server.health()
-        time.sleep(0.05)
 
 
 def test_metrics_count_exactly_the_tokens_a_request_used(server: Server) -> None:
@@ -173,10 +166,7 @@ def test_past_max_queue_a_503_with_retry_after(narrow: Server) -> None:
     first = open_stream(narrow, long)
     first.recv(1)  # it is being answered: the one sequence is busy
     second = open_stream(narrow, long)
-    deadline = time.monotonic() + 30
-    while narrow.health()["waiting"] < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: narrow.health()["waiting"] >= 1, 30)
     try:
         with pytest.raises(openai.APIStatusError) as e:
             narrow.client().completions.create(model="x", prompt="hi", max_tokens=2)
@@ -190,7 +180,7 @@ def test_past_max_queue_a_503_with_retry_after(narrow: Server) -> None:
     finally:
         first.close()
         second.close()
-    wait_idle(narrow)
+    wait_idle(narrow, 60)
 
 
 def test_a_stalled_reader_is_cancelled_and_its_sequence_freed(narrow: Server) -> None:
@@ -198,10 +188,7 @@ def test_a_stalled_reader_is_cancelled_and_its_sequence_freed(narrow: Server) ->
     body = {"prompt": counting(1), "max_tokens": 900, "logprobs": 20}
     sock = open_stream(narrow, body, rcvbuf=2048)
     try:
-        deadline = time.monotonic() + 60
-        while not narrow.health()["active"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: narrow.health()["active"], 60)
         wait_idle(narrow, 240)  # cancelled once a send waited past --send-timeout
     finally:
         sock.close()

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import add_stored, rewrite_gguf
+from tests.conftest import add_stored, rewrite_gguf, wait_for
 from tests.hubserver import HubServer
 from tests.test_serve import KEY, Server, start_server, stop_server
 
@@ -424,10 +423,7 @@ def test_pull_copy_delete_through_the_ollama_client(
 
         # --keep-alive 1s: an idle model goes by itself.
         client.generate(model=SMOL, prompt="")
-        deadline = time.monotonic() + 30
-        while loaded(client) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not loaded(client)
+        wait_for(lambda: not loaded(client), 30, lambda: f"still loaded: {loaded(client)}")
     finally:
         assert stop_server(srv) == 0, srv.stderr.read_text()
 
