@@ -257,3 +257,32 @@ def llama_cpp_conversion(
         assert r.returncode == 0, r.stderr[-3000:]
 
     return cached(f"llama-cpp-{digest.hexdigest()[:16]}", build) / "theirs.gguf"
+
+
+OUT = "{out}"  # in llama_tool_output's arguments: the file the tool writes
+
+
+def llama_tool_output(tool: Path, *args: str | Path) -> Path:
+    """The file llama.cpp's `tool` (llama-imatrix, say) writes when run with `args`, where
+    OUT stands for that file's name.
+
+    Cached as llama_cpp_conversion's are, under a digest of the tool's binary, the arguments
+    and, for each Path among them, its bytes rather than its name: the same inputs give the
+    same file. Paths the tool records in the file (llama-imatrix's datasets) are the first
+    run's.
+    """
+    digest = hashlib.sha256(_file_digest(tool))
+    for arg in args:
+        digest.update(b"\0" + (_file_digest(arg) if isinstance(arg, Path) else arg.encode()))
+
+    def build(folder: Path) -> None:
+        cmd = [str(tool), *(str(folder / "out") if a == OUT else str(a) for a in args)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return cached(f"llama-tool-{digest.hexdigest()[:16]}", build) / "out"
+
+
+def _file_digest(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()

@@ -19,7 +19,7 @@ from llmrun.engine.model import extra_buffers_safe
 from llmrun.evaluate import evaluate
 from llmrun.quantize import quantize
 from llmrun.quantize.imatrix import SHIPPED_TEXT, Entry, Imatrix, compute_imatrix
-from tests.quantize_checks import GgufFile
+from tests.quantize_checks import OUT, GgufFile, llama_tool_output
 from tests.quantize_fixtures import smollm2_checkpoint
 from tests.test_models_cli import one_error_line
 
@@ -76,14 +76,12 @@ def q3_with(f16: Path, ours: Path, work: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path, work: Path) -> None:
-    theirs = work / "theirs.imatrix.gguf"
-    cmd = [str(llama_tool("llama-imatrix")), "-m", str(f16), "-f", str(calibration)]
-    cmd += ["-o", str(theirs), "-c", "512", "-t", THREADS, "--no-ppl"]
+def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path) -> None:
+    args = ["-m", f16, "-f", calibration, "-o", OUT, "-c", "512", "-t", THREADS, "--no-ppl"]
     # As our engine: without extra CPU buffer types on an AMX CPU, which change F16 products
     # by some 1e-4 (their sums then differ by that much: the text is the same).
-    cmd += [] if extra_buffers_safe() else ["--no-repack"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    args += [] if extra_buffers_safe() else ["--no-repack"]
+    theirs = llama_tool_output(llama_tool("llama-imatrix"), *args)  # cached: see its doc
     a, b = Imatrix.load(ours), Imatrix.load(theirs)
     assert (a.chunk_count, a.chunk_size) == (b.chunk_count, b.chunk_size)
     assert a.chunk_count >= 3
