@@ -18,6 +18,7 @@ import numpy as np
 
 from llmrun.engine import load_model, logs
 from llmrun.options import Load, Sampling
+from llmrun.store import sha256_file
 from tests.quantize_fixtures import cached
 
 # float32 KV cache and no flash attention: the reference runs in float32 too.
@@ -271,9 +272,9 @@ def llama_tool_output(tool: Path, *args: str | Path) -> Path:
     same file. Paths the tool records in the file (llama-imatrix's datasets) are the first
     run's.
     """
-    digest = hashlib.sha256(_file_digest(tool))
+    digest = hashlib.sha256(sha256_file(tool).encode())
     for arg in args:
-        digest.update(b"\0" + (_file_digest(arg) if isinstance(arg, Path) else arg.encode()))
+        digest.update(b"\0" + (sha256_file(arg) if isinstance(arg, Path) else arg).encode())
 
     def build(folder: Path) -> None:
         cmd = [str(tool), *(str(folder / "out") if a == OUT else str(a) for a in args)]
@@ -281,8 +282,3 @@ def llama_tool_output(tool: Path, *args: str | Path) -> Path:
         assert r.returncode == 0, r.stderr[-3000:]
 
     return cached(f"llama-tool-{digest.hexdigest()[:16]}", build) / "out"
-
-
-def _file_digest(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
