@@ -17,7 +17,9 @@ import llama_cpp
 import numpy as np
 
 from llmrun.engine import load_model, logs
+from llmrun.ggufinfo import read_info
 from llmrun.options import Load, Sampling
+from llmrun.quantize import quantize
 from llmrun.store import sha256_file
 from tests.quantize_fixtures import cached
 
@@ -49,6 +51,17 @@ def generate(path: Path, prompt: str, n: int = 12) -> str:
         return text
     finally:
         model.close()
+
+
+def quantized_types_load_and_generate(ckpt: Path, folder: Path) -> None:
+    """`ckpt` quantized straight to Q8_0 and to Q4_K_M (in `folder`): each file says its
+    type, loads and generates."""
+    for qtype in ("Q8_0", "Q4_K_M"):
+        # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
+        path = folder / f"{qtype}.gguf"
+        out = quantize(str(ckpt), type=qtype, output=path, check=qtype == "Q8_0").path
+        assert read_info(out).quant == qtype
+        assert generate(out, "The quick brown fox", n=8)
 
 
 class Vocab:

@@ -9,7 +9,12 @@ import pytest
 
 from llmrun.ggufinfo import read_info
 from llmrun.quantize import quantize
-from tests.quantize_checks import GgufFile, generate, llama_logits, relative_error
+from tests.quantize_checks import (
+    GgufFile,
+    llama_logits,
+    quantized_types_load_and_generate,
+    relative_error,
+)
 from tests.quantize_fixtures import ARCHS, reference, tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -40,13 +45,7 @@ def test_bf16_output(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
-    ckpt = tiny_checkpoint(arch)
-    for qtype in ("Q8_0", "Q4_K_M"):
-        # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        path = tmp_path / f"{arch}-{qtype}.gguf"
-        out = quantize(str(ckpt), type=qtype, output=path, check=qtype == "Q8_0").path
-        assert read_info(out).quant == qtype
-        assert generate(out, "The quick brown fox", n=8)
+    quantized_types_load_and_generate(tiny_checkpoint(arch), tmp_path)
 
 
 def test_direct_q8_0_is_llama_cpps_q8_0(tmp_path: Path) -> None:

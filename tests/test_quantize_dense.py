@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from llmrun.ggufinfo import read_info
 from llmrun.quantize import quantize
 from tests.quantize_checks import (
     PROVENANCE,
-    generate,
     gguf_differences,
     llama_cpp_conversion,
     llama_logits,
+    quantized_types_load_and_generate,
     relative_error,
 )
 from tests.quantize_fixtures import DENSE_ARCHS_2, reference, tiny_checkpoint
@@ -72,13 +71,7 @@ def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
 def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
-    ckpt = str(tiny_checkpoint(arch))
-    for qtype in ("Q8_0", "Q4_K_M"):
-        # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        path = tmp_path / f"{qtype}.gguf"
-        out = quantize(ckpt, type=qtype, output=path, check=qtype == "Q8_0").path
-        assert read_info(out).quant == qtype
-        assert generate(out, "The quick brown fox", n=8)
+    quantized_types_load_and_generate(tiny_checkpoint(arch), tmp_path)
 
 
 @pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))

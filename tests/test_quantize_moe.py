@@ -26,6 +26,7 @@ from tests.quantize_checks import (
     gguf_differences,
     llama_cpp_conversion,
     llama_logits,
+    quantized_types_load_and_generate,
     relative_error,
 )
 from tests.quantize_fixtures import MOE_ARCHS, mxfp4_gptoss, reference, tiny_checkpoint
@@ -58,13 +59,7 @@ def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", list(MOE_ARCHS))
 def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
     """Q8_0 is written here (3-D expert tensors too), Q4_K_M by llama.cpp from F16."""
-    for qtype in ("Q8_0", "Q4_K_M"):
-        ckpt = str(tiny_checkpoint(arch))
-        # The self-check (a child loads the file, 1-2 s) once: both load here anyway.
-        path = tmp_path / f"{qtype}.gguf"
-        out = quantize(ckpt, type=qtype, output=path, check=qtype == "Q8_0").path
-        assert read_info(out).quant == qtype
-        assert generate(out, "The quick brown fox", n=8)
+    quantized_types_load_and_generate(tiny_checkpoint(arch), tmp_path)
 
 
 @pytest.mark.slow
