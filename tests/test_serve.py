@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -102,17 +101,22 @@ def start_server(
     with stderr.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     server = Server(proc, port, stderr)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"llmrun serve exited with {proc.returncode}: {stderr.read_text()}")
         try:
             server.health()
-            return server
-        except (OSError, AssertionError):
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"llmrun serve did not answer /health: {stderr.read_text()}")
+            return True
+        except (OSError, AssertionError):  # not listening, or not answering 200, yet
+            return False
+
+    try:
+        wait_for(ready, 120, lambda: f"llmrun serve did not answer /health: {stderr.read_text()}")
+    except BaseException:
+        proc.kill()
+        raise
+    return server
 
 
 def test_quiet_server_says_nothing_but_answers(smollm2: Path, tmp_path: Path) -> None:
