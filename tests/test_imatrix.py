@@ -216,3 +216,11 @@ def test_a_model_is_not_a_matrix(smollm2: Path, tmp_path: Path, llmrun) -> None:
     result = llmrun("quantize", str(smollm2), "--imatrix", str(smollm2), "-o", str(out))
     assert "is a GGUF file but not an importance matrix" in one_error_line(result)
     assert not out.exists()
+
+
+def test_a_damaged_matrix_is_one_error(smollm2: Path, tmp_path: Path, llmrun) -> None:
+    damaged, out = tmp_path / "m.imatrix.gguf", tmp_path / "o.gguf"
+    damaged.write_bytes(b"GGUF\x03\x00\x00\x00")  # a GGUF magic and version, then nothing
+    result = llmrun("quantize", str(smollm2), "--imatrix", str(damaged), "-o", str(out))
+    assert f"--imatrix {damaged} is not a readable GGUF file" in one_error_line(result)
+    assert not out.exists()

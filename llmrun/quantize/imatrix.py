@@ -29,8 +29,9 @@ import numpy as np
 
 from llmrun import store
 from llmrun.engine import ggml, load_model
-from llmrun.errors import BadInput, EngineError
+from llmrun.errors import BadInput, BadModelFile, EngineError
 from llmrun.evaluate import document_chunks
+from llmrun.ggufinfo import tensor_index
 from llmrun.options import Load
 from llmrun.quantize.progress import QuantizeProgress
 
@@ -120,6 +121,14 @@ def is_matrix_file(path: Path) -> bool:
 def _load_gguf(path: Path) -> Imatrix:
     import gguf
 
+    # The tensor index first: a model given by mistake is told apart in a fraction of a
+    # second, where GGUFReader parses its whole vocabulary (seconds for a large one).
+    try:
+        names = [t.name for t in tensor_index(path)]
+    except BadModelFile as e:
+        raise BadInput(f"--imatrix {path} is not a readable GGUF file: {e.message}") from None
+    if not _pairs(names):
+        raise _not_a_matrix(path)
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as e:
@@ -131,11 +140,7 @@ def _load_gguf(path: Path) -> Imatrix:
             if t.name.endswith(suffix):
                 into[t.name[: -len(suffix)]] = np.array(t.data, dtype=np.float64)
     if not sums or sums.keys() != counts.keys():
-        raise BadInput(
-            f"{path} is a GGUF file but not an importance matrix "
-            f"(no matching {SUMS} and {COUNTS} tensors)",
-            "give a file made by llama-imatrix or llmrun quantize --imatrix-out",
-        )
+        raise _not_a_matrix(path)
     missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in reader.fields]
     if missing:  # llama-quantize refuses such a file too
         raise BadInput(f"importance matrix {path} lacks {', '.join(missing)}")
@@ -149,6 +154,21 @@ def _load_gguf(path: Path) -> Imatrix:
         datasets,
         int(reader.fields[KEY_CHUNK_COUNT].contents()),
         int(reader.fields[KEY_CHUNK_SIZE].contents()),
+    )
+
+
+def _pairs(names: list[str]) -> bool:
+    """Whether the tensor names are a matrix's: each weight's sums with its counts."""
+    sums = {n[: -len(SUMS)] for n in names if n.endswith(SUMS)}
+    counts = {n[: -len(COUNTS)] for n in names if n.endswith(COUNTS)}
+    return bool(sums) and sums == counts
+
+
+def _not_a_matrix(path: Path) -> BadInput:
+    return BadInput(
+        f"{path} is a GGUF file but not an importance matrix "
+        f"(no matching {SUMS} and {COUNTS} tensors)",
+        "give a file made by llama-imatrix or llmrun quantize --imatrix-out",
     )
 
 
