@@ -14,7 +14,6 @@ that say what it was made from.
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
+from llmrun.cpus import usable_cores
 from llmrun.engine import logs
 from llmrun.errors import EngineError
 from llmrun.quantize.progress import QuantizeProgress
@@ -42,12 +42,14 @@ def llama_quantize(
     imatrix: Imatrix | None = None,
     imatrix_file: str | None = None,
 ) -> None:
-    """Quantize the GGUF `src` into `dest` with all cores, guided by `imatrix` if given
-    (`imatrix_file`: where it was read from or saved, for the metadata)."""
+    """Quantize the GGUF `src` into `dest` with all the cores this process may use, guided
+    by `imatrix` if given (`imatrix_file`: where it was read from or saved, for the metadata)."""
     logs.install(verbose=False)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(qtype.ftype)
-    params.nthread = os.cpu_count() or 1
+    # The affinity mask and cgroup quota, not os.cpu_count(): in a container limited to two
+    # cores of 64, 64 threads would take turns on two.
+    params.nthread = usable_cores()
     params.allow_requantize = False  # only from F32/F16/BF16: requantizing loses quality
     keep_alive = _pass_imatrix(params, imatrix, imatrix_file) if imatrix is not None else None
     result: dict[str, object] = {}
