@@ -102,6 +102,26 @@ def gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gemma.assemble(tmp_path_factory.mktemp("gemma3") / gemma.MODEL_NAME)
 
 
+@pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Our F32 conversion of an architecture's tiny checkpoint, made once per worker: the
+    converter tests that only read it (its logits, the reference converter's file) share it."""
+    from llmrun.quantize import quantize
+    from tests.quantize_fixtures import tiny_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            out = tmp_path_factory.mktemp(f"f32-{arch}") / f"{arch}.gguf"
+            made[arch] = quantize(
+                str(tiny_checkpoint(arch)), type="F32", output=out, check=False
+            ).path
+        return made[arch]
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every user directory at a temporary path; tests never touch the real home."""

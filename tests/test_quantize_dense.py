@@ -4,11 +4,11 @@ and the F32 file is llama.cpp's reference converter's, tensor for tensor and key
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from llmrun.quantize import quantize
 from tests.quantize_checks import (
     PROVENANCE,
     gguf_differences,
@@ -61,10 +61,9 @@ KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
 
 
 @pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
-def test_logits_match_transformers(arch: str, tmp_path: Path) -> None:
-    ckpt = tiny_checkpoint(arch)
-    out = quantize(str(ckpt), type="F32", output=tmp_path / f"{arch}.gguf", check=False).path
-    for ids, want in reference(ckpt):
+def test_logits_match_transformers(arch: str, tiny_f32: Callable[[str], Path]) -> None:
+    out = tiny_f32(arch)
+    for ids, want in reference(tiny_checkpoint(arch)):
         err = relative_error(llama_logits(out, ids), want)
         assert err < 1e-3, f"{arch} F32: logits differ by {err:.2e} (relative)"
 
@@ -75,9 +74,10 @@ def test_quantized_types_load_and_generate(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch", list(DENSE_ARCHS_2))
-def test_same_file_as_llama_cpps_converter(arch: str, tmp_path: Path, llama_cpp_src: Path) -> None:
-    ckpt = tiny_checkpoint(arch)
-    ours = quantize(str(ckpt), type="F32", output=tmp_path / "ours.gguf", check=False).path
-    theirs = llama_cpp_conversion(llama_cpp_src, ckpt)
+def test_same_file_as_llama_cpps_converter(
+    arch: str, tiny_f32: Callable[[str], Path], llama_cpp_src: Path
+) -> None:
+    ours = tiny_f32(arch)
+    theirs = llama_cpp_conversion(llama_cpp_src, tiny_checkpoint(arch))
     ignore = {**PROVENANCE, **KNOWN_DIFFERENCES.get(arch, {})}
     assert gguf_differences(ours, theirs, ignore) == []
