@@ -6,7 +6,9 @@ model adds one), and only the second half of each chunk is scored, so every scor
 at least ctx_size/2 tokens of context. With a reference model (the F16 or BF16 file), both
 models evaluate the same chunk in lockstep and their next-token distributions are compared
 position by position: KL(reference || model), and whether their most likely tokens agree.
-Nothing is written to disk; only one chunk's logits are held at a time.
+Several models are scored against one reference in the same lockstep, the reference's logits
+computed once per chunk. Nothing is written to disk; only one chunk's logits per model are
+held at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -61,7 +63,7 @@ class EvalResult:
     kl_p99: float | None = None
     kl_max: float | None = None
     top1_agreement: float | None = None  # share of positions where both pick the same token
-    seconds: float = 0.0
+    seconds: float = 0.0  # loading and evaluating it and its reference
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,38 @@ def evaluate(
     `chunks` caps the number of chunks scored (llama-perplexity's --chunks). Both models are
     loaded at once, so their memory adds up.
     """
+    return evaluate_models(
+        [model],
+        ref=ref,
+        text=text,
+        ctx_size=ctx_size,
+        chunks=chunks,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        progress=progress,
+    )[0]
+
+
+def evaluate_models(
+    models: Sequence[str | Path | None],
+    *,
+    ref: str | Path | None = None,
+    text: str | Path | None = None,
+    ctx_size: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    n_gpu_layers: str | int = "auto",
+    progress: Progress | None = None,
+) -> list[EvalResult]:
+    """Each of `models` scored as `evaluate` scores it, in the order given.
+
+    They are evaluated chunk by chunk in lockstep, so the reference's logits for a chunk are
+    computed once for all of them: comparing several quants of a model costs one reference
+    pass (what llama-perplexity's saved --kl-divergence-base file is for, without the file).
+    All models are loaded at once, so their memory adds up.
+    """
+    if not models:
+        raise BadOption("give at least one model to evaluate")
     if ctx_size < MIN_CTX:
         raise BadOption(f"-c/--ctx-size must be >= {MIN_CTX} for an eval, got {ctx_size}")
     if chunks is not None and chunks < 1:
@@ -110,39 +144,82 @@ def evaluate(
             pull=False,
         )
 
-    target = prepared(model)
+    targets = [prepared(spec) for spec in models]
     reference = prepared(ref) if ref is not None else None
-    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        m = stack.enter_context(load_model(target.resolved.path, target.load))
-        r = None
+        r, shared = None, _Clock()
         if reference is not None:
-            r = stack.enter_context(load_model(reference.resolved.path, reference.load))
-        tokens = m.tokenize(body, add_special=True)
-        if r is not None:
-            _check_same_vocab(m, r, body, tokens)
-        pieces = document_chunks(
-            m, tokens, ctx_size, chunks, source, "use a longer --text or a smaller -c/--ctx-size"
-        )
-        n_chunks = len(pieces)
-        scores = Scores()
-        for i, chunk in enumerate(pieces):
-            scores.add(chunk, m.logits(chunk), r.logits(chunk) if r is not None else None)
+            with shared:
+                r = stack.enter_context(load_model(reference.resolved.path, reference.load))
+        runs: list[_Run] = []
+        for target in targets:
+            clock = _Clock()
+            with clock:
+                m = stack.enter_context(load_model(target.resolved.path, target.load))
+                tokens = m.tokenize(body, add_special=True)
+                if r is not None:
+                    _check_same_vocab(m, r, body, tokens)
+                remedy = "use a longer --text or a smaller -c/--ctx-size"
+                pieces = document_chunks(m, tokens, ctx_size, chunks, source, remedy)
+            runs.append(_Run(target, m, len(tokens), pieces, Scores(), clock))
+        # With a reference every model has the reference's tokens, so the same chunks.
+        n_chunks = max(len(run.pieces) for run in runs)
+        for i in range(n_chunks):
+            ref_logits = None
+            if r is not None:
+                with shared:
+                    ref_logits = r.logits(runs[0].pieces[i])
+            for run in runs:
+                if i < len(run.pieces):
+                    with run.clock:
+                        run.scores.add(run.pieces[i], run.model.logits(run.pieces[i]), ref_logits)
             if progress:
                 progress(i + 1, n_chunks)
+    return [_result(run, source, ctx_size, reference, shared.seconds) for run in runs]
 
+
+class _Clock:
+    """Seconds spent inside `with clock:` blocks, added up."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+@dataclass
+class _Run:
+    """One model's side of an evaluation."""
+
+    target: Prepared
+    model: Model
+    text_tokens: int
+    pieces: list[list[int]]
+    scores: Scores
+    clock: _Clock
+
+
+def _result(
+    run: _Run, source: str, ctx_size: int, reference: Prepared | None, ref_seconds: float
+) -> EvalResult:
+    """`run`'s numbers; its time includes the reference's, as if it had been evaluated alone."""
+    scores = run.scores
     ppl, ppl_se = scores.perplexity(scores.nll)
     result: dict[str, Any] = {
-        "model": _label(target),
-        "model_path": str(target.resolved.path),
+        "model": _label(run.target),
+        "model_path": str(run.target.resolved.path),
         "text": source,
         "ctx_size": ctx_size,
-        "chunks": n_chunks,
-        "text_tokens": len(tokens),
+        "chunks": len(run.pieces),
+        "text_tokens": run.text_tokens,
         "scored_tokens": scores.count,
         "perplexity": ppl,
         "perplexity_se": ppl_se,
-        "seconds": time.perf_counter() - started,
+        "seconds": run.clock.seconds + ref_seconds,
     }
     if reference is not None:
         ref_ppl, ref_se = scores.perplexity(scores.ref_nll)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmrun.evaluate import Scores, evaluate, log_softmax
+from llmrun.evaluate import EvalResult, Scores, evaluate, log_softmax
 
 SMALL = ("-c", "128", "--chunks", "4", "-t", "1")
 QUANTS = {"Q8_0": 7, "Q4_0": 2}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
@@ -74,8 +74,13 @@ def test_same_file_as_reference_has_zero_kl(llmrun, smollm2: Path) -> None:
     assert data["ref_perplexity"] == pytest.approx(data["perplexity"])
 
 
-def test_a_coarser_quant_diverges_from_its_reference(requantized: dict[str, Path]) -> None:
-    r = evaluate(requantized["Q4_0"], ref=requantized["Q8_0"], ctx_size=128, chunks=4, threads=1)
+@pytest.fixture(scope="module")
+def q4_against_q8(requantized: dict[str, Path]) -> EvalResult:
+    return evaluate(requantized["Q4_0"], ref=requantized["Q8_0"], ctx_size=128, chunks=4, threads=1)
+
+
+def test_a_coarser_quant_diverges_from_its_reference(q4_against_q8: EvalResult) -> None:
+    r = q4_against_q8
     print(r.summary())  # the numbers, for `pytest -s`
     assert r.kl_mean > 1e-4 and r.kl_max >= r.kl_p99 >= r.kl_median >= 0
     assert 0.5 < r.top1_agreement < 1.0
@@ -103,6 +108,29 @@ def test_human_output_and_progress(llmrun, smollm2: Path, requantized: dict[str,
     seen: list[tuple[int, int]] = []
     evaluate(smollm2, ctx_size=64, chunks=3, threads=1, progress=lambda *a: seen.append(a))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_several_models_against_one_reference(
+    llmrun, requantized: dict[str, Path], q4_against_q8: EvalResult
+) -> None:
+    """One pass over the reference for both; each is what an eval of it alone gives."""
+    q4, q8 = requantized["Q4_0"], requantized["Q8_0"]
+    r = llmrun("eval", str(q4), str(q8), "--ref", str(q8), *SMALL, "--json")
+    assert r.code == 0, r.stderr
+    both = json.loads(r.stdout)
+    assert [d["model"] for d in both] == [q4.stem, q8.stem]
+    alone = q4_against_q8.to_dict()
+    for key in ("perplexity", "ref_perplexity", "kl_mean", "kl_p99", "top1_agreement", "chunks"):
+        assert both[0][key] == alone[key], key
+    assert abs(both[1]["kl_mean"]) < 1e-6 and both[1]["top1_agreement"] == 1.0
+    assert both[1]["ref_perplexity"] == both[0]["ref_perplexity"]
+
+    r = llmrun("eval", str(q4), str(q8), "--ref", str(q8), "-c", "64", "--chunks", "1", "-t", "1")
+    assert r.code == 0, r.stderr
+    assert re.search(r"^reference +SmolLM2-135M-Instruct.Q8_0$", r.stdout, re.M), r.stdout
+    assert re.search(r"^model +perplexity +ratio +KL mean +KL p99 +top-1$", r.stdout, re.M)
+    for stem in (q4.stem, q8.stem):
+        assert re.search(rf"^{re.escape(stem)} +[0-9.]+ ± [0-9.]+ +[0-9.]+ ", r.stdout, re.M)
 
 
 @pytest.mark.parametrize(

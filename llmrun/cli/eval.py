@@ -1,8 +1,9 @@
-"""`llmrun eval MODEL [--ref MODEL_F16]`: perplexity, and KL divergence against a reference."""
+"""`llmrun eval MODEL... [--ref MODEL_F16]`: perplexity, and KL divergence against a reference."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llmrun.cli.common import app, err, note_cpu_only, print_json, quiet_stderr
-from llmrun.cli.flags import JsonOpt, ModelArg, NglOpt, QuietOpt, ThreadsOpt
-from llmrun.cli.output import print_fields
+from llmrun.cli.flags import JsonOpt, NglOpt, QuietOpt, ThreadsOpt, complete_model
+from llmrun.cli.output import print_fields, print_table
 
 if TYPE_CHECKING:
     from llmrun.evaluate import EvalResult, Progress
@@ -44,9 +45,22 @@ ChunksOpt = Annotated[
 ]
 
 
+ModelsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="MODEL",
+        autocompletion=complete_model,
+        help="Models to score: .gguf paths, store names name[:QUANT], aliases, or "
+        "org/repo[:QUANT]; several are scored against one --ref in one pass over it. "
+        "Default: the registry's default model.",
+        show_default=False,
+    ),
+]
+
+
 @app.command("eval")
 def eval_cmd(
-    model: ModelArg = None,
+    models: ModelsArg = None,
     ref: RefOpt = None,
     text: TextOpt = None,
     ctx_size: EvalCtxOpt = 512,
@@ -60,16 +74,19 @@ def eval_cmd(
 
     Lower perplexity is better. KL is in nats per token; 0 means the reference's predictions.
 
+    Several models: one table (--json: an array), the reference evaluated once for all.
+
     Examples: llmrun eval smollm2-135m:Q4_K_M --ref smollm2-135m:F16
+    llmrun eval smollm2-135m:Q4_K_M smollm2-135m:Q3_K_M --ref smollm2-135m:F16
     llmrun eval model.gguf --text book.txt -c 1024 --json -q
     """
-    from llmrun.evaluate import evaluate  # loads llama.cpp: only when the command runs
+    from llmrun.evaluate import evaluate_models  # loads llama.cpp: only when the command runs
 
     quiet_stderr(quiet)
     note_cpu_only(n_gpu_layers)
     with _bar() as progress:
-        result = evaluate(
-            model,
+        results = evaluate_models(
+            models or [None],
             ref=ref,
             text=text,
             ctx_size=ctx_size,
@@ -79,9 +96,11 @@ def eval_cmd(
             progress=progress,
         )
     if json:
-        print_json(result.to_dict())
+        print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+    elif len(results) == 1:
+        print_fields(_fields(results[0]))
     else:
-        print_fields(_fields(result))
+        _print_comparison(results)
 
 
 @contextlib.contextmanager
@@ -124,3 +143,33 @@ def _fields(r: EvalResult) -> list[tuple[str, object]]:
         ]
     fields.append(("time", f"{r.seconds:.1f} s"))
     return fields
+
+
+def _print_comparison(results: list[EvalResult]) -> None:
+    """What the models share (text, chunks, reference), then one row per model."""
+    first = results[0]
+    shared: list[tuple[str, object]] = [
+        ("text", f"{first.text}: {first.text_tokens} tokens"),
+        ("chunks", f"{first.chunks} of {first.ctx_size} tokens, {first.scored_tokens} scored"),
+    ]
+    headers = ["model", "perplexity"]
+    if first.ref is not None:
+        shared += [
+            ("reference", first.ref),
+            ("ref perplexity", f"{first.ref_perplexity:.4f} ± {first.ref_perplexity_se:.4f}"),
+        ]
+        headers += ["ratio", "KL mean", "KL p99", "top-1"]
+    rows = []
+    for r in results:
+        row = [r.model, f"{r.perplexity:.4f} ± {r.perplexity_se:.4f}"]
+        if r.ref is not None:
+            row += [
+                f"{r.ppl_ratio:.4f}",
+                f"{r.kl_mean:.6f} ± {r.kl_mean_se:.6f}",
+                f"{r.kl_p99:.6f}",
+                f"{r.top1_agreement:.2%}",
+            ]
+        rows.append(row)
+    print_fields(shared)
+    sys.stdout.write("\n")
+    print_table(headers, rows)
