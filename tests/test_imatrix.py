@@ -4,9 +4,9 @@ they are for: a lower KL divergence against F16, on a text other than the calibr
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import struct
-import subprocess
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +20,7 @@ from llmrun.evaluate import evaluate_models
 from llmrun.quantize import quantize
 from llmrun.quantize.imatrix import SHIPPED_TEXT, Entry, Imatrix, compute_imatrix
 from tests.quantize_checks import OUT, GgufFile, llama_tool_output
-from tests.quantize_fixtures import smollm2_checkpoint
+from tests.quantize_fixtures import cached, smollm2_checkpoint
 from tests.test_models_cli import one_error_line
 
 THREADS = str(usable_cores())  # as llmrun: the cores this worker is pinned to
@@ -53,11 +53,17 @@ def f16(work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def calibration(work: Path) -> Path:
-    text = resources.files("llmrun") / "data" / SHIPPED_TEXT
-    path = work / SHIPPED_TEXT
-    path.write_text(text.read_text(encoding="utf-8"), encoding="utf-8")
-    return path
+def calibration() -> Path:
+    """The shipped calibration text, at a path that stays the same from run to run: the matrix
+    records it, so our matrix's bytes, and llama-quantize's file made with them, stay the same
+    too, and llama_tool_output can cache that file."""
+    text = (resources.files("llmrun") / "data" / SHIPPED_TEXT).read_text(encoding="utf-8")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def build(folder: Path) -> None:
+        (folder / SHIPPED_TEXT).write_text(text, encoding="utf-8")
+
+    return cached(f"calibration-{digest}", build) / SHIPPED_TEXT
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +101,20 @@ def test_equals_llama_imatrix(f16: Path, calibration: Path, ours: Path) -> None:
 
 
 @pytest.mark.slow
-def test_file_is_llama_imatrix_format(ours: Path) -> None:
+def test_file_is_llama_imatrix_format(ours: Path, calibration: Path) -> None:
     file = GgufFile(ours)
     assert file.value("general.type") == "imatrix"
     assert "general.architecture" not in file.fields
-    assert file.value("imatrix.datasets") == [str(ours.parent / SHIPPED_TEXT)]
+    assert file.value("imatrix.datasets") == [str(calibration)]
     sums = file.tensors["blk.0.ffn_down.weight.in_sum2"]
     counts = file.tensors["blk.0.ffn_down.weight.counts"]
     assert list(sums.shape) == [1536, 1] and list(counts.shape) == [1, 1]  # ggml's ne order
 
 
 @pytest.mark.slow
-def test_llama_quantize_makes_the_same_tensors(
-    f16: Path, ours: Path, q3_with: Path, work: Path
-) -> None:
-    theirs = work / "theirs-Q3_K_M.gguf"
-    cmd = [str(llama_tool("llama-quantize")), "--imatrix", str(ours), str(f16), str(theirs)]
-    subprocess.run([*cmd, "Q3_K_M", THREADS], check=True, capture_output=True, timeout=600)
+def test_llama_quantize_makes_the_same_tensors(f16: Path, ours: Path, q3_with: Path) -> None:
+    tool = llama_tool("llama-quantize")
+    theirs = llama_tool_output(tool, "--imatrix", ours, f16, OUT, "Q3_K_M", THREADS)  # cached
     a, b = GgufFile(q3_with), GgufFile(theirs)
     assert list(a.tensors) == list(b.tensors)
     for name, x in a.tensors.items():
