@@ -426,7 +426,10 @@ SHUTTING_DOWN = 'data: {"error":{"message":"the server is shutting down"'
 @pytest.mark.slow
 def test_sigterm_finishes_or_ends_the_answers_in_flight_and_exits_0(smollm2: Path, tmp_path: Path):
     """A short answer finishes; one that would outlast the grace period gets an error event."""
-    srv = start_server(smollm2, tmp_path / "home", "--parallel", "2", key=None)
+    # A grace period of 1 s (default 10): long enough for 8 tokens, far too short for 5000.
+    srv = start_server(
+        smollm2, tmp_path / "home", "--parallel", "2", "--shutdown-grace", "1", key=None
+    )
     responses = []
     for max_tokens in (8, 5000):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
@@ -456,6 +459,22 @@ def test_busy_port_is_one_line(smollm2: Path, llmrun):
     assert result.code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--shutdown-grace", "-1"], "--shutdown-grace must be >= 0 seconds, got -1"),
+        (["--max-queue", "-1"], "--max-queue must be >= 0, got -1"),
+        (["--parallel", "0"], "--parallel must be >= 1, got 0"),
+    ],
+)
+def test_bad_serve_flags_are_one_line(
+    flags: list[str], says: str, smollm2: Path, llmrun_inprocess
+) -> None:
+    result = llmrun_inprocess("serve", str(smollm2), *flags)  # refused before anything loads
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {says}"]
 
 
 def test_serve_without_the_extra_says_how_to_install_it():

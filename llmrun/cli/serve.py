@@ -105,6 +105,14 @@ SendTimeoutOpt = Annotated[
         help="Seconds a streaming client may stop reading before its answer is cancelled.",
     ),
 ]
+ShutdownGraceOpt = Annotated[
+    float,
+    typer.Option(
+        "--shutdown-grace",
+        help="Seconds that answers in flight may take to finish once Ctrl-C or SIGTERM "
+        "stops the server; then they end (a stream with an error event).",
+    ),
+]
 MetricsOpt = Annotated[
     bool,
     typer.Option("--metrics", help="Serve Prometheus metrics on /metrics (the API key applies)."),
@@ -160,6 +168,7 @@ def serve_command(
     timeout: TimeoutOpt = 600.0,
     max_queue: MaxQueueOpt = 512,
     send_timeout: SendTimeoutOpt = 30.0,
+    shutdown_grace: ShutdownGraceOpt = 10.0,
     metrics: MetricsOpt = False,
     log_format: LogFormatOpt = None,
     log_prompts: LogPromptsOpt = False,
@@ -202,6 +211,7 @@ def serve_command(
         timeout=timeout,
         max_queue=max_queue,
         send_timeout=send_timeout,
+        shutdown_grace=shutdown_grace,
         metrics=metrics,
         log_format=log_format or ("off" if quiet else "text"),
         log_prompts=log_prompts,

@@ -1,7 +1,7 @@
 """Run the HTTP server: check the flags, load MODEL if given, listen, serve until a signal.
 
 Ctrl-C or SIGTERM stops accepting connections, lets in-flight answers finish
-for up to GRACE_SECONDS, cancels what is left, and returns normally (exit 0).
+for up to `shutdown_grace` seconds, cancels what is left, and returns normally (exit 0).
 A second signal cancels at once.
 """
 
@@ -32,7 +32,7 @@ from llmrun.server.pool import Pool, Settings, listed, parse_keep_alive
 from llmrun.templates.plan import REASONING_MODES
 from llmrun.templates.render import Template, read_template_file
 
-GRACE_SECONDS = 10
+SHUTDOWN_GRACE = 10.0  # seconds: uvicorn's and most orchestrators' stop timeouts are longer
 SEND_BUFFER = 128 << 10  # bytes of kernel send buffer per connection
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -99,6 +99,7 @@ def serve(
     timeout: float = 600.0,
     max_queue: int = 512,
     send_timeout: float = 30.0,
+    shutdown_grace: float = SHUTDOWN_GRACE,
     metrics: bool = False,
     log_format: str = "text",
     log_prompts: bool = False,
@@ -134,6 +135,8 @@ def serve(
         raise BadOption(f"--timeout and --send-timeout must be > 0 seconds, got {timeout}")
     if max_queue < 0:
         raise BadOption(f"--max-queue must be >= 0, got {max_queue}")
+    if shutdown_grace < 0:
+        raise BadOption(f"--shutdown-grace must be >= 0 seconds, got {shutdown_grace:g}")
     if log_format not in LOG_FORMATS:
         raise BadOption(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     if metrics and importlib.util.find_spec("prometheus_client") is None:
@@ -191,6 +194,7 @@ def serve(
                     "log_prompts": log_prompts,
                 },
                 log_level="info" if verbose else "error" if quiet else "warning",
+                shutdown_grace=shutdown_grace,
                 announce=announce,
                 url=f"http://{shown}:{bound_port}",
             )
@@ -206,6 +210,7 @@ async def _serve(
     api_key: str | None,
     app_options: dict[str, Any],
     log_level: str,
+    shutdown_grace: float,
     announce: Callable[[str], None],
     url: str,
 ) -> None:
@@ -247,11 +252,11 @@ async def _serve(
             lifespan="off",
             ws="none",
             loop="asyncio",
-            # A backstop: answers are cancelled after GRACE_SECONDS (see below).
-            timeout_graceful_shutdown=GRACE_SECONDS + 5,
+            # A backstop: answers are cancelled after the grace period (see below).
+            timeout_graceful_shutdown=shutdown_grace + 5,
         )
         server = Server(config)
-        grace = asyncio.ensure_future(_cancel_after_grace(server, pool))
+        grace = asyncio.ensure_future(_cancel_after_grace(server, pool, shutdown_grace))
         try:
             await server.serve(sockets=[sock])
         finally:
@@ -261,7 +266,7 @@ async def _serve(
         await pool.close()
 
 
-async def _cancel_after_grace(server: Server, pool: Pool) -> None:
+async def _cancel_after_grace(server: Server, pool: Pool, seconds: float) -> None:
     """Once asked to stop: let answers in flight finish for a while, then end them.
 
     Ended this way, a stream gets an error event and its connection closes
@@ -270,7 +275,7 @@ async def _cancel_after_grace(server: Server, pool: Pool) -> None:
     while not server.should_exit:
         await asyncio.sleep(0.1)
     pool.shutting_down = True  # new requests get 503 while the answers finish
-    deadline = time.monotonic() + GRACE_SECONDS
+    deadline = time.monotonic() + seconds
     while pool.live and time.monotonic() < deadline and not server.force_exit:
         await asyncio.sleep(0.1)
     pool.cancel_all()
