@@ -1,6 +1,7 @@
 """Shared fixtures: every test gets its own LLMRUN_HOME and HF cache, and no network.
 
-Also: the subprocesses the tests start can always be interrupted (see pytest_configure).
+Also: the subprocesses the tests start can always be interrupted (see pytest_configure), and
+keep their compiled bytecode (see _keep_bytecode).
 """
 
 from __future__ import annotations
@@ -21,6 +22,23 @@ from typing import Any, TypeVar
 import pytest
 
 T = TypeVar("T")
+
+# Compiled bytecode for this interpreter and every child, outside the tree. Without it (a
+# PYTHONDONTWRITEBYTECODE=1 environment), each of the suite's few hundred `llmrun`
+# subprocesses compiled llmrun again (0.1 s each), and each worker rewrote and compiled the
+# test modules and plugins (4 s). A PYTHONPYCACHEPREFIX already set is left as it is.
+BYTECODE = Path.home() / ".cache" / "llmrun-tests-bytecode"
+
+
+def _keep_bytecode() -> None:
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = str(BYTECODE)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
+
+
+_keep_bytecode()
 
 
 def pytest_configure(config: pytest.Config) -> None:
