@@ -128,7 +128,11 @@ def _load_gguf(path: Path) -> Imatrix:
     except BadModelFile as e:
         raise BadInput(f"--imatrix {path} is not a readable GGUF file: {e.message}") from None
     if not _pairs(names):
-        raise _not_a_matrix(path)
+        raise BadInput(
+            f"{path} is a GGUF file but not an importance matrix "
+            f"(no matching {SUMS} and {COUNTS} tensors)",
+            "give a file made by llama-imatrix or llmrun quantize --imatrix-out",
+        )
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as e:
@@ -139,8 +143,6 @@ def _load_gguf(path: Path) -> Imatrix:
         for suffix, into in ((SUMS, sums), (COUNTS, counts)):
             if t.name.endswith(suffix):
                 into[t.name[: -len(suffix)]] = np.array(t.data, dtype=np.float64)
-    if not sums or sums.keys() != counts.keys():
-        raise _not_a_matrix(path)
     missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in reader.fields]
     if missing:  # llama-quantize refuses such a file too
         raise BadInput(f"importance matrix {path} lacks {', '.join(missing)}")
@@ -162,14 +164,6 @@ def _pairs(names: list[str]) -> bool:
     sums = {n[: -len(SUMS)] for n in names if n.endswith(SUMS)}
     counts = {n[: -len(COUNTS)] for n in names if n.endswith(COUNTS)}
     return bool(sums) and sums == counts
-
-
-def _not_a_matrix(path: Path) -> BadInput:
-    return BadInput(
-        f"{path} is a GGUF file but not an importance matrix "
-        f"(no matching {SUMS} and {COUNTS} tensors)",
-        "give a file made by llama-imatrix or llmrun quantize --imatrix-out",
-    )
 
 
 def _load_legacy(path: Path) -> Imatrix:
