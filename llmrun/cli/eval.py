@@ -145,31 +145,22 @@ def _fields(r: EvalResult) -> list[tuple[str, object]]:
     return fields
 
 
+# The comparison's shared lines and its columns (header: _fields' label), all from _fields.
+SHARED = ("text", "chunks", "reference", "ref perplexity")
+COLUMNS = {
+    "model": "model",
+    "perplexity": "perplexity",
+    "perplexity ratio": "ratio",
+    "KL mean": "KL mean",
+    "KL p99": "KL p99",
+    "top-1 agreement": "top-1",
+}
+
+
 def _print_comparison(results: list[EvalResult]) -> None:
     """What the models share (text, chunks, reference), then one row per model."""
-    first = results[0]
-    shared: list[tuple[str, object]] = [
-        ("text", f"{first.text}: {first.text_tokens} tokens"),
-        ("chunks", f"{first.chunks} of {first.ctx_size} tokens, {first.scored_tokens} scored"),
-    ]
-    headers = ["model", "perplexity"]
-    if first.ref is not None:
-        shared += [
-            ("reference", first.ref),
-            ("ref perplexity", f"{first.ref_perplexity:.4f} ± {first.ref_perplexity_se:.4f}"),
-        ]
-        headers += ["ratio", "KL mean", "KL p99", "top-1"]
-    rows = []
-    for r in results:
-        row = [r.model, f"{r.perplexity:.4f} ± {r.perplexity_se:.4f}"]
-        if r.ref is not None:
-            row += [
-                f"{r.ppl_ratio:.4f}",
-                f"{r.kl_mean:.6f} ± {r.kl_mean_se:.6f}",
-                f"{r.kl_p99:.6f}",
-                f"{r.top1_agreement:.2%}",
-            ]
-        rows.append(row)
-    print_fields(shared)
+    fields = [dict(_fields(r)) for r in results]
+    print_fields([(label, value) for label, value in fields[0].items() if label in SHARED])
     sys.stdout.write("\n")
-    print_table(headers, rows)
+    columns = [label for label in COLUMNS if label in fields[0]]
+    print_table([COLUMNS[label] for label in columns], [[f[c] for c in columns] for f in fields])
